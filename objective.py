@@ -1,0 +1,181 @@
+"""One trial: sampled params -> estimator -> cross-validated score on the training part, with pruning.
+
+The folds are split (and the preprocessing fitted) once per process: it does not depend on the
+hyperparameters, so a trial only fits the estimator. With a pruner, every fold's ensemble grows
+in chunks of trees (warm start) in lockstep, and the mean fold score is reported after each chunk.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from search_space import ConfigError, SweepConfig, estimator_class, suggest
+
+PRUNING_REPORTS = 10  # how many chunks a pruned ensemble is grown in
+
+
+@dataclass(frozen=True)
+class Fold:
+    X_train: Any
+    y_train: Any
+    X_valid: Any
+    y_valid: Any
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    score: float  # mean over the folds
+    score_std: float
+    fit_time_s: float
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (trees so far, mean score)
+
+
+class TrialFailed(Exception):
+    """A trial whose estimator raised or scored NaN; the sweep goes on."""
+
+
+def size_param(estimator: str) -> str:
+    """The param that counts the ensemble's trees (boosting iterations)."""
+    return "max_iter" if estimator.startswith("Hist") else "n_estimators"
+
+
+def build_estimator(config: SweepConfig, params: dict[str, Any]) -> Any:
+    return estimator_class(config.estimator)(**{**config.fixed, **params})
+
+
+def build_model(config: SweepConfig, preprocessor: Any, params: dict[str, Any]) -> Any:
+    """The estimator the user gets: preprocessing (if any) then the tuned estimator."""
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    estimator = build_estimator(config, params)
+    if preprocessor is None:
+        return estimator
+    return Pipeline([("preprocess", clone(preprocessor)), ("model", estimator)])
+
+
+def prepare_folds(config: SweepConfig, X: Any, y: Any, preprocessor: Any) -> list[Fold]:
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter_class = StratifiedKFold if config.is_classifier else KFold
+    splitter = splitter_class(n_splits=config.cv, shuffle=True, random_state=config.seed)
+    folds = []
+    for train, valid in splitter.split(X, y):
+        X_train, X_valid = X.iloc[train], X.iloc[valid]
+        if preprocessor is not None:
+            fitted = clone(preprocessor).fit(X_train)
+            X_train, X_valid = fitted.transform(X_train), fitted.transform(X_valid)
+        else:
+            X_train, X_valid = X_train.to_numpy(), X_valid.to_numpy()
+        folds.append(Fold(X_train, y[train], X_valid, y[valid]))
+    return folds
+
+
+def scorer_for(config: SweepConfig) -> Callable:
+    from sklearn.metrics import get_scorer
+
+    return get_scorer(config.metric)
+
+
+def check_metric(config: SweepConfig, y: Any) -> None:
+    """Refuse, before trial 0, a scorer that cannot score this task and target."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.metrics import get_scorer_names
+
+    names = get_scorer_names()
+    if config.metric not in names:
+        close = difflib.get_close_matches(config.metric, names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError([f"metric: must be a scikit-learn scorer name. Got {config.metric!r} instead.{hint}"])
+    module = getattr(scorer_for(config), "_score_func", None).__module__
+    if config.is_classifier == module.endswith("_regression"):
+        task = "classification" if config.is_classifier else "regression"
+        raise ConfigError([f"metric: {config.metric!r} does not score {task}, the task of {config.estimator}."])
+    dummy = DummyClassifier(strategy="prior") if config.is_classifier else DummyRegressor()
+    X = [[0.0]] * len(y)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scorer_for(config)(dummy.fit(X, y), X, y)
+    except (ValueError, TypeError) as error:
+        first = str(error).splitlines()[0]
+        raise ConfigError([f"metric: {config.metric!r} cannot score this target: {first}"]) from None
+
+
+def evaluate(estimator: Any, folds: list[Fold], scorer: Callable,
+             report: Callable[[int, float], None] | None = None, size: str = "n_estimators") -> TrialResult:
+    """Cross-validate one estimator; with `report`, grow it in chunks and report after each."""
+    from sklearn.base import clone
+
+    models = [clone(estimator) for _ in folds]
+    total = estimator.get_params()[size]
+    steps = _chunks(total) if report is not None else [total]
+    curve: list[tuple[int, float]] = []
+    started = time.perf_counter()
+    for step in steps:
+        scores = [_fit_score(model, fold, scorer, {size: step, "warm_start": report is not None})
+                  for model, fold in zip(models, folds)]
+        mean = sum(scores) / len(scores)
+        if math.isnan(mean):
+            raise TrialFailed(f"the score is NaN after {step} trees")
+        curve.append((step, mean))
+        if report is not None:
+            report(step, mean)  # raises optuna.TrialPruned to stop here
+    fit_time = time.perf_counter() - started
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    return TrialResult(score=mean, score_std=std, fit_time_s=fit_time, curve=curve)
+
+
+def _fit_score(model: Any, fold: Fold, scorer: Callable, params: dict) -> float:
+    model.set_params(**params)
+    model.fit(fold.X_train, fold.y_train)
+    return float(scorer(model, fold.X_valid, fold.y_valid))
+
+
+def _chunks(total: int) -> list[int]:
+    chunk = max(1, math.ceil(total / PRUNING_REPORTS))
+    return sorted({min(total, n) for n in range(chunk, total + chunk, chunk)})
+
+
+class Objective:
+    """Optuna's objective: one child run per trial, opened before fitting and closed with its result."""
+
+    def __init__(self, config: SweepConfig, folds: list[Fold], recorder: Any) -> None:
+        self.config, self.folds, self.recorder = config, folds, recorder
+        self.scorer = scorer_for(config)
+        self.size = size_param(config.estimator)
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        params = suggest(self.config, trial)
+        run_id = self.recorder.open_trial(trial.number)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        curve: list[tuple[int, float]] = []
+
+        def report(step: int, value: float) -> None:
+            curve.append((step, value))
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after {step} trees")
+
+        pruning = self.config.pruner != "none"
+        try:
+            estimator = build_estimator(self.config, params)
+            result = evaluate(estimator, self.folds, self.scorer, report if pruning else None, self.size)
+        except optuna.TrialPruned:
+            self.recorder.close_trial(run_id, trial.number, "PRUNED", params, curve=curve)
+            raise
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("sweep.error", message[:1000])
+            self.recorder.close_trial(run_id, trial.number, "FAIL", params, curve=curve, error=message)
+            raise TrialFailed(message) from error
+        self.recorder.close_trial(run_id, trial.number, "COMPLETE", params, result=result)
+        return result.score

@@ -1,0 +1,395 @@
+"""sweep: the command line and the sweep's orchestration (study, parent run, trials, finalize).
+
+Exit codes: 0 done, 1 failure while running, 2 usage or config error (nothing ran), 130 interrupted.
+Only the standard library is imported at the top, so `sweep --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_space import ConfigError
+
+DEFAULT_CONFIG = "search_space.yaml"
+DEFAULT_STORAGE = "optuna.journal"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+STORAGE_ENV = "SWEEP_STORAGE"
+
+
+class SweepFailed(Exception):
+    """The sweep ran but could not finish its job (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    config: Any  # SweepConfig
+    dataset: Any  # dataset.Dataset
+
+
+# ---------------------------------------------------------------- validation (no store touched)
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Validate the space, the data and the metric; raise ConfigError with every problem."""
+    import dataset as data_module
+    import search_space
+    from objective import check_metric
+
+    config = search_space.load(_config_path(args), overrides=_overrides(args))
+    data = data_module.load(config.data, config.is_classifier, config.cv, config.seed)
+    check_metric(config, data.y_train)
+    return Prepared(config, data)
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    path = Path(args.config)
+    if args.config == DEFAULT_CONFIG and not path.exists():
+        return Path(__file__).with_name(DEFAULT_CONFIG)  # the embedded, documented default
+    return path
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {"study_name": getattr(args, "study_name", None), "experiment": getattr(args, "experiment", None),
+            "n_trials": getattr(args, "n_trials", None), "timeout": getattr(args, "timeout", None)}
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def storage_spec(args: argparse.Namespace) -> str:
+    return args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def open_storage(spec: str) -> Any:
+    """An RDB URL, a redis:// journal, or else a journal file that several processes can share."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+    if spec.startswith("redis://"):
+        return optuna.storages.JournalStorage(JournalRedisBackend(spec))
+    if "://" in spec:
+        return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+    return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+# ---------------------------------------------------------------- the study
+
+def make_sampler(config: Any) -> Any:
+    import optuna.samplers as samplers
+    from search_space import grid
+
+    seed = config.seed
+    if config.sampler == "grid":
+        return samplers.GridSampler(grid(config), seed=seed)
+    return {
+        "tpe": lambda: samplers.TPESampler(seed=seed, constant_liar=True),
+        "random": lambda: samplers.RandomSampler(seed=seed),
+        "cmaes": lambda: samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+        "qmc": lambda: samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
+    }[config.sampler]()
+
+
+def make_pruner(config: Any) -> Any:
+    import optuna.pruners as pruners
+
+    return {
+        "none": pruners.NopPruner,
+        "median": lambda: pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        "percentile": lambda: pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=1),
+        "successive_halving": pruners.SuccessiveHalvingPruner,
+        "hyperband": pruners.HyperbandPruner,
+    }[config.pruner]()
+
+
+def open_study(config: Any, storage: Any, data_digest: str) -> Any:
+    """Create the study, or load it and refuse a changed space."""
+    import optuna
+
+    study = optuna.create_study(
+        storage=storage, study_name=config.study_name, direction="maximize",
+        sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
+    )
+    known = study.user_attrs.get("sweep.space_sha256")
+    if known is None:
+        study.set_user_attr("sweep.space_sha256", config.space_sha256())
+        study.set_user_attr("sweep.data_sha256", data_digest)
+        study.set_user_attr("sweep.estimator", config.estimator)
+        study.set_user_attr("sweep.fixed_params", config.fixed)
+        study.set_user_attr("sweep.config", config.source)
+    elif known != config.space_sha256():
+        raise ConfigError([
+            f"study {config.study_name!r}: was started with another search space, data or metric;"
+            " resume it with the same file or pick a new --study-name."])
+    return study
+
+
+def counted_trials(study: Any) -> int:
+    """The trials --n-trials counts: completed and pruned."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class Progress:
+    """Optuna callback: the progress bar, one line per failed trial, and the failure budget."""
+
+    def __init__(self, config: Any, total: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.config, self.failed, self.pruned = config, 0, 0
+        self.last_error = ""
+        self.bar = tqdm(total=total, desc=config.study_name, unit="trial", file=sys.stderr,
+                        disable=quiet, dynamic_ncols=True)
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        if trial.state == TrialState.FAIL:
+            self.failed += 1
+            self.last_error = trial.user_attrs.get("sweep.error", "")
+            self.bar.write(f"trial {trial.number} failed: {self.last_error}", file=sys.stderr)
+            if self.failed > self.config.max_failures:
+                study.stop()
+            return
+        self.pruned += trial.state == TrialState.PRUNED
+        self.bar.update(1)
+        best = _best_value(study)
+        postfix = {"best": f"{best:.4f}" if best is not None else "-", "pruned": self.pruned,
+                   "failed": self.failed}
+        self.bar.set_postfix(postfix, refresh=False)
+        if counted_trials(study) >= self.config.n_trials:
+            study.stop()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _best_value(study: Any) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no completed trial yet
+        return None
+
+
+def run_trials(study: Any, prepared: Prepared, recorder: Any, quiet: bool) -> int:
+    """Run trials until the study has n_trials counted ones; return how many ran now."""
+    from objective import Objective, TrialFailed, prepare_folds
+
+    config, data = prepared.config, prepared.dataset
+    remaining = config.n_trials - counted_trials(study)
+    if remaining <= 0:
+        return 0
+    folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
+    objective = Objective(config, folds, recorder)
+    progress = Progress(config, remaining, quiet)
+    before = len(study.trials)
+    try:
+        study.optimize(objective, timeout=config.timeout, catch=(TrialFailed,), callbacks=[progress])
+    finally:
+        progress.close()
+    if progress.failed > config.max_failures:
+        raise SweepFailed(f"stopped after {progress.failed} failed trials (max_failures is "
+                          f"{config.max_failures}); the last error: {progress.last_error}")
+    return len(study.trials) - before
+
+
+# ---------------------------------------------------------------- finalize
+
+def best_export(study: Any) -> dict:
+    """The best trial, with the tuned plus the fixed params, ready for Estimator(**params)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise SweepFailed(f"study {study.study_name!r} has no completed trial yet.") from None
+    fixed = study.user_attrs.get("sweep.fixed_params", {})
+    return {"study": study.study_name, "trial": best.number, "value": best.value,
+            "params": {**fixed, **best.params}}
+
+
+def finalize(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str) -> dict:
+    """Log the results on the parent run and promote the best model once per best trial."""
+    from objective import build_model, scorer_for
+
+    config, data = prepared.config, prepared.dataset
+    best = best_export(study)
+    tracker.log_results(parent_run_id, config.metric, best, study.trials_dataframe())
+    if study.user_attrs.get("sweep.promoted_trial") == best["trial"]:
+        _say(f"best trial {best['trial']} was promoted already; nothing new to promote.")
+        return best
+    model = build_model(config, data.preprocessor, study.best_trial.params)
+    model.fit(data.X_train, data.y_train)
+    holdout = float(scorer_for(config)(model, data.X_test, data.y_test))
+    promotion = tracker.promote(config, parent_run_id, model, data.X_train.head(5), holdout, best["trial"])
+    study.set_user_attr("sweep.promoted_trial", best["trial"])
+    _say(f"registered {config.model_name!r} version {promotion.version} as @{promotion.alias}"
+         f" (holdout {config.metric} {holdout:.4f})")
+    return best
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tracking import Tracker
+
+    prepared = prepare(args)
+    config = prepared.config
+    tracker = Tracker(tracking_uri(args))
+    tracker.check_reachable()
+    study = open_study(config, open_storage(storage_spec(args)), prepared.dataset.digest)
+    parent_run_id = tracker.parent_run(config, study.user_attrs.get("sweep.parent_run_id"))
+    study.set_user_attr("sweep.parent_run_id", parent_run_id)
+    status = "FAILED"
+    try:
+        ran = run_trials(study, prepared, tracker.recorder(parent_run_id, config), args.quiet)
+        done = counted_trials(study)
+        _say(f"study {config.study_name!r}: {ran} trials ran now, {done} of {config.n_trials} counted.")
+        best = finalize(study, prepared, tracker, parent_run_id)
+        status = "FINISHED"
+    finally:
+        tracker.finish_parent(parent_run_id, status)
+    _say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
+    _emit(json.dumps(best, indent=2, default=str), args.output)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    prepare(args)
+    print("ok")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    import optuna
+
+    name = args.study_name or _study_name_from_config(args)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage_spec(args)))
+    except KeyError:
+        raise ConfigError([f"study {name!r}: not found in storage {_masked(storage_spec(args))}."]) from None
+    best = best_export(study)
+    if args.format == "yaml":
+        import yaml
+
+        text = yaml.safe_dump(best, sort_keys=False)
+    else:
+        text = json.dumps(best, indent=2, default=str)
+    _emit(text, args.output)
+    return 0
+
+
+def _study_name_from_config(args: argparse.Namespace) -> str:
+    import search_space
+
+    return search_space.load(_config_path(args)).study_name
+
+
+def _masked(uri: str) -> str:
+    from tracking import mask_uri
+
+    return mask_uri(uri)
+
+
+def _emit(text: str, output: str | None) -> None:
+    """Data goes to stdout, or to the file the user named."""
+    if output:
+        Path(output).write_text(text.rstrip("\n") + "\n")
+        _say(f"wrote {output}")
+    else:
+        print(text)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- the parser
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=DEFAULT_CONFIG, help="search space file (default: %(default)s)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    stores = argparse.ArgumentParser(add_help=False)
+    stores.add_argument("--storage", help=f"Optuna storage: a journal file, an RDB URL or redis:// "
+                        f"(default: ${STORAGE_ENV} or {DEFAULT_STORAGE})")
+    stores.add_argument("--study-name", help="the study (default: the config's study_name)")
+
+    parser = argparse.ArgumentParser(
+        prog="sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Hyperparameter sweeps of scikit-learn gradient boosting: Optuna trials as MLflow runs.",
+        epilog="example:\n  sweep run --n-trials 40 && sweep best --format yaml",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = _command(commands, "run", "run (or resume) a sweep, then promote and export the best model",
+                   "sweep run --config search_space.yaml --n-trials 40 --study-name exp7", [common, stores])
+    run.add_argument("--experiment", help="MLflow experiment (default: the config's experiment)")
+    run.add_argument("--n-trials", type=int, help="the study's total of completed and pruned trials")
+    run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    run.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                     f"{DEFAULT_TRACKING_URI})")
+    run.add_argument("--output", help="also write the best params as JSON to this file")
+    _command(commands, "validate", "check a search space, its data and metric; run nothing",
+             "sweep validate --config my_space.yaml", [common])
+    best = _command(commands, "best", "export the best params of a study from the Optuna storage",
+                    "sweep best --study-name exp7 --format yaml > best_params.yaml", [common, stores])
+    best.add_argument("--format", choices=("json", "yaml"), default="json")
+    best.add_argument("--output", help="write to this file instead of stdout")
+    return parser
+
+
+def _command(commands: Any, name: str, summary: str, example: str, parents: list) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name, help=summary, description=summary, parents=parents,
+        epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "best": cmd_best}
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Our own one-line messages replace the libraries' warnings, info lines and tracebacks."""
+    import logging
+    import warnings
+
+    if debug:
+        return
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
+    for name in ("alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna  # its logger is configured on first use, so set it through its own switch
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries(args.debug)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        for problem in error.problems:
+            _say(f"sweep: {problem}")
+        return 2
+    except SweepFailed as error:
+        _say(f"sweep: {error}")
+        return 1
+    except KeyboardInterrupt:
+        _say("sweep: interrupted.")
+        return 130
+    except Exception as error:  # the last net: one line, the traceback only when asked
+        if args.debug:
+            raise
+        _say(f"sweep: unexpected {type(error).__name__}: {error} (run with --debug for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Everything MLflow: the parent run, one child run per trial, the sweep's artifacts, promotion.
+
+All calls go through MlflowClient with explicit run ids; the fluent API is used once, to log the
+promoted model, because MLflow only links a logged model to a run through it.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from search_space import ConfigError, SweepConfig
+
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+MAX_TAG_LENGTH = 5000
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with any password replaced by ***, fit for messages and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: str
+    alias: str  # "champion" or "challenger"
+    holdout_score: float
+    previous_champion: str | None
+
+
+class Tracker:
+    """The sweep's view in one MLflow tracking store."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def check_reachable(self) -> None:
+        """Fail before the study starts when the store cannot be used."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as error:  # MLflow wraps network and database errors in many types
+            first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            raise ConfigError([f"tracking URI {mask_uri(self.uri)}: cannot be used: {first}"]) from None
+
+    def experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.client.create_experiment(name)
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def parent_run(self, config: SweepConfig, known_run_id: str | None) -> str:
+        """The study's parent run: the known one when this store has it, else a new one."""
+        if known_run_id and self._run_exists(known_run_id):
+            self.client.update_run(known_run_id, status="RUNNING")
+            self.client.set_tag(known_run_id, "sweep.n_trials", str(config.n_trials))
+            return known_run_id
+        from mlflow.entities import Param, RunTag
+
+        experiment_id = self.experiment_id(config.experiment)
+        run = self.client.create_run(experiment_id, run_name=config.study_name, tags={
+            "sweep.study_name": config.study_name,
+            "sweep.space_sha256": config.space_sha256(),
+            "sweep.n_trials": str(config.n_trials),
+        })
+        params = [Param(k, _param_value(v)) for k, v in config.settings().items()]
+        self.client.log_batch(run.info.run_id, params=params, tags=[RunTag("mlflow.note.content", _note(config))])
+        self.client.log_text(run.info.run_id, config.source, "search_space.yaml")
+        return run.info.run_id
+
+    def _run_exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
+
+    def recorder(self, parent_run_id: str, config: SweepConfig) -> TrialRecorder:
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        return TrialRecorder(self.client, experiment_id, parent_run_id, config.study_name, config.metric)
+
+    def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any) -> None:
+        """Best params (YAML and JSON), the trials table and the best-so-far curve on the parent."""
+        import yaml
+        from mlflow.entities import Metric
+
+        self.client.log_dict(parent_run_id, best, "best_params.json")
+        self.client.log_text(parent_run_id, yaml.safe_dump(best, sort_keys=False), "best_params.yaml")
+        self.client.log_text(parent_run_id, trials.to_csv(index=False), "trials.csv")
+        now = int(time.time() * 1000)
+        history = [Metric(f"best_{metric}", value, now, step) for step, value in _best_so_far(trials)]
+        for start in range(0, len(history), 1000):  # MLflow takes at most 1000 metrics a batch
+            self.client.log_batch(parent_run_id, metrics=history[start:start + 1000])
+
+    def finish_parent(self, parent_run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(parent_run_id, status=status)
+
+    def promote(self, config: SweepConfig, parent_run_id: str, model: Any, X_example: Any,
+                holdout_score: float, trial_number: int) -> Promotion:
+        """Log the model on the parent run, register it and point an alias at the new version."""
+        version = self._log_and_register(config, parent_run_id, model, X_example)
+        name = config.model_name
+        tags = {"sweep.study_name": config.study_name, "sweep.trial_number": str(trial_number),
+                "sweep.metric": config.metric, "sweep.holdout_score": repr(holdout_score)}
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+        champion = self._champion(name)
+        beats = champion is None or (
+            champion.tags.get("sweep.metric") == config.metric
+            and holdout_score > float(champion.tags.get("sweep.holdout_score", "-inf"))
+        )
+        alias = "champion" if beats else "challenger"
+        self.client.set_registered_model_alias(name, alias, version)
+        self.client.log_metric(parent_run_id, f"holdout_{config.metric}", holdout_score)
+        return Promotion(version, alias, holdout_score, champion.version if champion else None)
+
+    def _champion(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            return None
+
+    def _log_and_register(self, config: SweepConfig, parent_run_id: str, model: Any, X_example: Any) -> str:
+        import mlflow
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        signature = infer_signature(X_example, model.predict(X_example))
+        with mlflow.start_run(run_id=parent_run_id):
+            info = mlflow.sklearn.log_model(
+                model, name="model", signature=signature, input_example=X_example,
+                pip_requirements=pip_requirements(),
+                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+                skops_trusted_types=trusted_types(model),
+                registered_model_name=config.model_name,
+            )
+        return str(info.registered_model_version)
+
+
+class TrialRecorder:
+    """Opens a trial's child run before fitting and closes it, in one batch, with the result."""
+
+    def __init__(self, client: Any, experiment_id: str, parent_run_id: str, study_name: str,
+                 metric: str) -> None:
+        self.client, self.experiment_id = client, experiment_id
+        self.parent_run_id, self.study_name, self.metric = parent_run_id, study_name, metric
+
+    def open_trial(self, number: int) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags={
+            "mlflow.parentRunId": self.parent_run_id,
+            "sweep.study_name": self.study_name,
+            "sweep.trial_number": str(number),
+            "sweep.trial_state": "RUNNING",
+        })
+        return run.info.run_id
+
+    def close_trial(self, run_id: str, number: int, state: str, params: dict, result: Any = None,
+                    curve: list | None = None, error: str | None = None) -> None:
+        """Params, metrics and final tags in one batch, then the run's terminal status."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        tags = [RunTag("sweep.trial_state", state)]
+        if error:
+            tags.append(RunTag("sweep.error", error[:MAX_TAG_LENGTH]))
+        # The curve's last point is the CV mean: the metric's latest value is the trial's score.
+        points = result.curve if result is not None else (curve or [])
+        metrics = [Metric(self.metric, value, now, step) for step, value in points]
+        if result is not None:
+            metrics += [Metric(f"{self.metric}_std", result.score_std, now, 0),
+                        Metric("fit_time_s", result.fit_time_s, now, 0)]
+        self.client.log_batch(run_id, metrics=metrics,
+                              params=[Param(k, _param_value(v)) for k, v in params.items()], tags=tags)
+        self.client.set_terminated(run_id, status=RUN_STATUS[state], end_time=now)
+
+
+def _param_value(value: Any) -> str:
+    return "None" if value is None else str(value)
+
+
+def _note(config: SweepConfig) -> str:
+    return (f"Sweep `{config.study_name}`: {config.estimator} on {config.data.label}, "
+            f"{config.metric} over {config.cv} folds. Each child run is one Optuna trial.")
+
+
+def _best_so_far(trials: Any) -> list[tuple[int, float]]:
+    best, history = None, []
+    for row in trials.itertuples():
+        if row.state == "COMPLETE" and (best is None or row.value > best):
+            best = row.value
+            history.append((int(row.number), float(best)))
+    return history
+
+
+def trusted_types(model: Any) -> list[str]:
+    """Exactly the types skops must be told to trust to load this model, nothing wider."""
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in
+            ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")]
+
