@@ -8,6 +8,7 @@ model takes raw rows.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,13 @@ def _check_target(target: Any, data: DataConfig, is_classifier: bool, cv: int) -
                            " not a Classifier."])
     if not is_classifier and not is_numeric_dtype(target):
         raise ConfigError([f"{where}: must be numeric for a Regressor. Got {target.dtype} instead."])
+    classes = target.nunique()
+    if is_classifier and classes < 2:
+        raise ConfigError([f"{where}: must hold at least 2 classes for a Classifier. Got {classes} instead."])
+    train_rows = len(target) - math.ceil(len(target) * data.holdout)  # as train_test_split splits
+    if not is_classifier and train_rows < cv:  # KFold needs a row per fold (class counts imply it below)
+        needs = f"needs at least {cv} training rows for cv={cv} and holdout={data.holdout}"
+        raise ConfigError([f"{where}: {needs}. Got {train_rows} instead."])
     if is_classifier:
         smallest = target.value_counts().min()
         needed = int(cv / (1 - data.holdout)) + 2

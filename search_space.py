@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "sampler": "tpe", "pruner": "none", "n_trials": 20, "timeout": None, "max_failures": 10,
     "fixed": {},
 }
+MAX_SEED = 2**32 - 1  # numpy's RandomState, behind the samplers and the splits, takes no more
+GRID_LIMIT = 100_000  # combinations; GridSampler holds every one of them in memory
 
 
 class ConfigError(Exception):
@@ -101,7 +104,8 @@ class SweepConfig:
             "cv": self.cv, "seed": self.seed, "fixed": self.fixed,
             "params": [[p.name, repr(p.distribution), p.when] for p in self.params],
         }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        text = json.dumps(_json_keys(identity), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def settings(self) -> dict[str, Any]:
         """The study settings logged as the parent run's params."""
@@ -112,6 +116,17 @@ class SweepConfig:
         }
         settings.update({f"fixed.{k}": v for k, v in self.fixed.items()})
         return settings
+
+
+def _json_keys(value: Any) -> Any:
+    """Every mapping key as the string JSON makes of it, so sort_keys can order keys of mixed types
+    (a fixed `class_weight: {0: 1, a: 2}`); keys that are strings already are unchanged."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else json.dumps(k, default=str): _json_keys(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_keys(v) for v in value]
+    return value
 
 
 def load(path: str | Path, overrides: dict | None = None) -> SweepConfig:
@@ -128,19 +143,72 @@ def load(path: str | Path, overrides: dict | None = None) -> SweepConfig:
 
 
 def parse(text: str, origin: str = "<config>", overrides: dict | None = None) -> SweepConfig:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError([f"{origin}: is not valid YAML{where}: {problem}."]) from None
+    raw = _safe_load(text, origin)
+    if _holds_itself(raw, set(), set()):
+        problem = "must not hold a value inside itself (a YAML alias within its own anchor)"
+        raise ConfigError([f"{origin}: {problem}."])
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"{origin}: must be a mapping of keys. Got {type(raw).__name__} instead."])
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return _build(raw, text)
+
+
+class _SafeUniqueLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last silently,
+    so a second `params:` block would quietly replace the first)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the keys beside it
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base class says so with its position
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str, origin: str) -> Any:
+    """The YAML as plain values; anything the safe loader cannot build is one ConfigError line."""
+    try:
+        return yaml.load(text, Loader=_SafeUniqueLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError([f"{origin}: is not valid YAML{where}: {problem.rstrip('.')}."]) from None
+    except RecursionError:
+        raise ConfigError([f"{origin}: is not valid YAML: it is nested too deeply."]) from None
+    except Exception as error:  # noqa: BLE001
+        # PyYAML's scalar constructors raise plain ValueError/AttributeError/... on values such as
+        # `2024-13-45`, `!!int x` or an integer of more than 4300 digits, not a YAMLError.
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConfigError([f"{origin}: is not valid YAML: a value cannot be built ({first})."]) from None
+
+
+def _holds_itself(value: Any, holders: set[int], done: set[int]) -> bool:
+    """True for a cycle such as `a: &x [*x]`, which no check below could walk through.
+
+    Each list or mapping is walked once (`done`), however many aliases share it.
+    """
+    if not isinstance(value, (dict, list)) or id(value) in done:
+        return False
+    if id(value) in holders:
+        return True
+    holders.add(id(value))
+    items = value.values() if isinstance(value, dict) else value
+    found = any(_holds_itself(v, holders, done) for v in items)
+    holders.discard(id(value))
+    done.add(id(value))
+    return found
 
 
 def _build(raw: dict, text: str) -> SweepConfig:
@@ -159,7 +227,7 @@ def _build(raw: dict, text: str) -> SweepConfig:
     if not isinstance(metric, str) or not metric:
         problems.append(f"metric: must be a scikit-learn scorer name. Got {metric!r} instead.")
     cv = _check_int(values, "cv", 2, problems)
-    seed = _check_int(values, "seed", 0, problems)
+    seed = _check_int(values, "seed", 0, problems, maximum=MAX_SEED)
     n_trials = _check_int(values, "n_trials", 1, problems)
     max_failures = _check_int(values, "max_failures", 0, problems)
     timeout = values.get("timeout")
@@ -178,8 +246,8 @@ def _build(raw: dict, text: str) -> SweepConfig:
     if estimator:
         problems += _check_estimator_params(estimator, fixed, params)
     if sampler == "grid":
-        problems += [f"params.{p.name}: must be categorical or have a step when sampler is grid."
-                     f" Got {p.distribution!r} instead." for p in params if _grid_values(p) is None]
+        problems += _check_grid(params)
+    problems += _check_model_name(model_name, experiment)
     if problems:
         raise ConfigError(problems)
     study_name = study_name or f"{experiment}-{data.label}"
@@ -191,13 +259,18 @@ def _build(raw: dict, text: str) -> SweepConfig:
     )
 
 
+def _key(key: Any) -> str:
+    """A YAML key as it goes into a problem's key path: on one line, whatever the key holds."""
+    return key if isinstance(key, str) and key.isprintable() and key else repr(key)
+
+
 def _unknown_keys(raw: dict, allowed: tuple, prefix: str) -> list[str]:
     problems = []
     for key in raw:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(allowed)}."
-            problems.append(f"{prefix}{key}: is not a known key.{hint}")
+            problems.append(f"{prefix}{_key(key)}: is not a known key.{hint}")
     return problems
 
 
@@ -208,15 +281,31 @@ def _choice_problem(path: str, value: Any, choices: tuple) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
-def _check_int(values: dict, key: str, minimum: int, problems: list[str]) -> int:
+def _check_int(values: dict, key: str, minimum: int, problems: list[str], maximum: int | None = None) -> int:
     value = values.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        problems.append(f"{key}: must be an integer >= {minimum}. Got {value!r} instead.")
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if not is_int or value < minimum or (maximum is not None and value > maximum):
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        problems.append(f"{key}: must be an integer >= {minimum}{upper}. Got {value!r} instead.")
         return minimum
     return value
+
+
+def _check_model_name(model_name: str | None, experiment: str | None) -> list[str]:
+    """MLflow's registry refuses these names, and it would only say so after the whole sweep."""
+    name = model_name or experiment
+    if name is None or not (set(name) & {"/", ":"} or name.strip() in (".", "..")):
+        return []
+    given = "" if model_name else " (the experiment's name, the default); set model_name"
+    return [f"model_name: must not contain '/' or ':' nor be '.' or '..'{given}. Got {name!r} instead."]
 
 
 def _check_name(values: dict, key: str, problems: list[str], optional: bool = False) -> str | None:
@@ -246,6 +335,9 @@ def _check_data(raw: Any, problems: list[str]) -> DataConfig:
         problems.append(f"data.path: must be a CSV or Parquet file path. Got {path!r} instead.")
     if path is not None and not isinstance(target, str):
         problems.append(f"data.target: must name the target column when data.path is set. Got {target!r} instead.")
+    if dataset is not None and path is None:
+        problems += [f"data.{key}: applies only with data.path (a bundled dataset has its own target)."
+                     f" Got {raw[key]!r} instead." for key in ("target", "drop") if raw.get(key) is not None]
     drop = raw.get("drop") or []
     if not isinstance(drop, list) or not all(isinstance(c, str) for c in drop):
         problems.append(f"data.drop: must be a list of column names. Got {drop!r} instead.")
@@ -254,7 +346,7 @@ def _check_data(raw: Any, problems: list[str]) -> DataConfig:
     if not _is_number(holdout) or not 0 < holdout < 1:
         problems.append(f"data.holdout: must be a fraction > 0 and < 1. Got {holdout!r} instead.")
     options = raw.get("options") or {}
-    if not isinstance(options, dict):
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         problems.append(f"data.options: must be a mapping of generator arguments. Got {options!r} instead.")
         options = {}
     return DataConfig(dataset=dataset, path=path, target=target, drop=tuple(drop),
@@ -265,16 +357,19 @@ def _check_params(raw: Any, problems: list[str]) -> list[Param]:
     if not isinstance(raw, dict) or not raw:
         problems.append(f"params: must map at least one estimator param to its range. Got {raw!r} instead.")
         return []
+    names = [str(name) for name in raw]
     params: list[Param] = []
-    for name, spec in raw.items():
-        param = _check_param(str(name), spec, params, problems)
+    for index, spec in enumerate(raw.values()):
+        param = _check_param(names[index], spec, params, names, problems)
         if param is not None:
             params.append(param)
     return params
 
 
-def _check_param(name: str, spec: Any, earlier: list[Param], problems: list[str]) -> Param | None:
-    path = f"params.{name}"
+def _check_param(name: str, spec: Any, earlier: list[Param], names: list[str],
+                 problems: list[str]) -> Param | None:
+    """`names` are every param's, in file order: a `when` on a refused or later one is told apart."""
+    path = f"params.{_key(name)}"
     if not isinstance(spec, dict):
         problems.append(f"{path}: must be a mapping with a 'type'. Got {spec!r} instead.")
         return None
@@ -286,7 +381,8 @@ def _check_param(name: str, spec: Any, earlier: list[Param], problems: list[str]
     problems += _unknown_keys(spec, PARAM_KEYS[kind], f"{path}.")
     distribution = (_categorical(spec, path, problems) if kind == "categorical"
                     else _numeric(kind, spec, path, problems))
-    when = _check_when(spec.get("when"), path, earlier, problems)
+    at = names.index(name)
+    when = _check_when(spec.get("when"), path, earlier, (names[:at], names[at + 1:]), problems)
     if len(problems) > found or distribution is None:
         return None
     return Param(name=name, distribution=distribution, when=when)
@@ -327,7 +423,7 @@ def _numeric(kind: str, spec: dict, path: str, problems: list[str]) -> Any:
         return None
     if low > high:
         problems.append(f"{path}: low <= high must hold. Got low={low!r}, high={high!r} instead.")
-    if log is True and step is not None and step != 1:
+    if log is True and step is not None and (step != 1 or not is_int):  # Optuna's own rule
         problems.append(f"{path}.step: cannot be set when log is true. Got {step!r} instead.")
     if log is True and low <= 0:
         problems.append(f"{path}.low: must be > 0 when log is true. Got {low!r} instead.")
@@ -341,32 +437,55 @@ def _numeric(kind: str, spec: dict, path: str, problems: list[str]) -> Any:
 
 
 def _divides(step: float, span: float) -> bool:
+    if isinstance(step, int) and isinstance(span, int):
+        return span % step == 0
     quotient = span / step
-    return math.isclose(quotient, round(quotient), rel_tol=0, abs_tol=1e-8)
+    return math.isfinite(quotient) and math.isclose(quotient, round(quotient), rel_tol=0, abs_tol=1e-8)
 
 
-def _check_when(raw: Any, path: str, earlier: list[Param], problems: list[str]) -> dict[str, tuple]:
+def _check_when(raw: Any, path: str, earlier: list[Param], around: tuple[list[str], list[str]],
+                problems: list[str]) -> dict[str, tuple]:
+    """`around`: the names of the params above this one and below it, valid or not."""
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not raw:
         problems.append(f"{path}.when: must map an earlier param to its value(s). Got {raw!r} instead.")
         return {}
     known = {p.name: p for p in earlier}
+    above, below = around
     when: dict[str, tuple] = {}
-    for other, wanted in raw.items():
+    for key, wanted in raw.items():
+        other, where = str(key), f"{path}.when.{_key(key)}"
         values = tuple(wanted) if isinstance(wanted, list) else (wanted,)
+        if other in above and other not in known:
+            continue  # that param was refused, and its own problem says why
         if other not in known:
-            close = difflib.get_close_matches(str(other), list(known), n=1)
+            close = difflib.get_close_matches(other, list(known), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            problems.append(f"{path}.when.{other}: must name a param defined above this one."
-                            f" Got {other!r} instead.{hint}")
+            if other in below:
+                hint = f" It is defined below; move {other!r} above this one."
+            problems.append(f"{where}: must name a param defined above this one. Got {key!r} instead.{hint}")
             continue
-        choices = getattr(known[other].distribution, "choices", None)
-        if choices is not None and any(v not in choices for v in values):
-            problems.append(f"{path}.when.{other}: must be among {list(choices)!r}. Got {wanted!r} instead.")
+        if not _can_take(known[other].distribution, values):
+            problems.append(f"{where}: must be among {_values_of(known[other].distribution)}."
+                            f" Got {wanted!r} instead.")
             continue
-        when[str(other)] = values
+        when[other] = values
     return when
+
+
+def _can_take(distribution: Any, values: tuple) -> bool:
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return all(v in choices for v in values)
+    return all(_is_number(v) and distribution.low <= v <= distribution.high for v in values)
+
+
+def _values_of(distribution: Any) -> str:
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return repr(list(choices))
+    return f"the numbers from {distribution.low!r} to {distribution.high!r}"
 
 
 def _check_estimator_params(estimator: str, fixed: dict, params: list[Param]) -> list[str]:
@@ -377,9 +496,9 @@ def _check_estimator_params(estimator: str, fixed: dict, params: list[Param]) ->
     for section, names in (("fixed", list(fixed)), ("params", [p.name for p in params])):
         for name in names:
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
+                close = difflib.get_close_matches(str(name), known, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                problems.append(f"{section}.{name}: is not a parameter of {estimator}.{hint}")
+                problems.append(f"{section}.{_key(name)}: is not a parameter of {estimator}.{hint}")
     overlap = sorted(set(fixed) & {p.name for p in params})
     problems += [f"fixed.{name}: is also in params; keep it in one place." for name in overlap]
     if problems:
@@ -408,14 +527,45 @@ def _edge_values(distribution: Any) -> list:
     return list(choices) if choices is not None else [distribution.low, distribution.high]
 
 
-def _grid_values(param: Param) -> list | None:
-    distribution = param.distribution
-    if hasattr(distribution, "choices"):
-        return list(distribution.choices)
-    if distribution.step is None or distribution.log:
+def _check_grid(params: list[Param]) -> list[str]:
+    """Every param must have finitely many values, and not too many combinations of them."""
+    problems = [f"params.{_key(p.name)}: must be categorical, an int or a float with a step when sampler"
+                f" is grid. Got {p.distribution!r} instead." for p in params if _grid_size(p) is None]
+    if problems:
+        return problems
+    total = math.prod(_grid_size(p) for p in params)
+    if total > GRID_LIMIT:
+        problems.append(f"params: must make at most {GRID_LIMIT} combinations when sampler is grid."
+                        f" Got {total} instead.")
+    return problems
+
+
+def _grid_size(param: Param) -> int | None:
+    """How many values the grid holds for this param (None: a continuous range), without listing them."""
+    from optuna.distributions import IntDistribution
+
+    d = param.distribution
+    if hasattr(d, "choices"):
+        return len(d.choices)
+    if isinstance(d, IntDistribution):
+        return (d.high - d.low) // d.step + 1  # log ones have step 1
+    if d.step is None:
         return None
-    count = round((distribution.high - distribution.low) / distribution.step) + 1
-    return [distribution.low + i * distribution.step for i in range(count)]
+    return round((d.high - d.low) / d.step) + 1
+
+
+def _grid_values(param: Param) -> list:
+    from optuna.distributions import IntDistribution
+
+    d = param.distribution
+    if hasattr(d, "choices"):
+        return list(d.choices)
+    if isinstance(d, IntDistribution):
+        return list(range(d.low, d.high + 1, d.step))
+    # In decimal, so the values are the ones written (0.1 + 3 * 0.2 is 0.7, not 0.7000000000000001),
+    # and never above high, where scikit-learn may refuse them (subsample 1.0000000000000002).
+    low, step = Decimal(repr(d.low)), Decimal(repr(d.step))
+    return [min(d.high, float(low + i * step)) for i in range(_grid_size(param))]
 
 
 def grid(config: SweepConfig) -> dict[str, list]:

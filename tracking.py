@@ -6,6 +6,7 @@ promoted model, because MLflow only links a logged model to a run through it.
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from search_space import ConfigError, SweepConfig
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_TAG_LENGTH = 5000
+HEALTH_TIMEOUT_S = 5
 
 
 def mask_uri(uri: str) -> str:
@@ -43,16 +45,36 @@ class Tracker:
     def __init__(self, tracking_uri: str) -> None:
         from mlflow import MlflowClient
 
+        # stdout is for data; against a server MLflow would print run links there, at the cost of
+        # one more request per finished run.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def check_reachable(self) -> None:
         """Fail before the study starts when the store cannot be used."""
+        if self.uri.startswith(("http://", "https://")):
+            self._check_health()
         try:
             self.client.search_experiments(max_results=1)
         except Exception as error:  # MLflow wraps network and database errors in many types
             first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
             raise ConfigError([f"tracking URI {mask_uri(self.uri)}: cannot be used: {first}"]) from None
+
+    def _check_health(self) -> None:
+        """One quick probe: MLflow's own client would retry an absent server for minutes."""
+        import urllib.request
+
+        parts = urllib.parse.urlsplit(self.uri)
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")  # credentials stay out
+        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+        try:
+            with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as response:
+                response.read()
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise ConfigError([f"tracking URI {mask_uri(self.uri)}: cannot be used: no answer from"
+                               f" the server ({reason})."]) from None
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -112,13 +134,11 @@ class Tracker:
     def promote(self, config: SweepConfig, parent_run_id: str, model: Any, X_example: Any,
                 holdout_score: float, trial_number: int) -> Promotion:
         """Log the model on the parent run, register it and point an alias at the new version."""
-        version = self._log_and_register(config, parent_run_id, model, X_example)
         name = config.model_name
+        champion = self._champion(name)
         tags = {"sweep.study_name": config.study_name, "sweep.trial_number": str(trial_number),
                 "sweep.metric": config.metric, "sweep.holdout_score": repr(holdout_score)}
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, version, key, value)
-        champion = self._champion(name)
+        version = self._log_and_register(config, parent_run_id, model, X_example, tags)
         beats = champion is None or (
             champion.tags.get("sweep.metric") == config.metric
             and holdout_score > float(champion.tags.get("sweep.holdout_score", "-inf"))
@@ -136,13 +156,14 @@ class Tracker:
         except MlflowException:
             return None
 
-    def _log_and_register(self, config: SweepConfig, parent_run_id: str, model: Any, X_example: Any) -> str:
+    def _log_and_register(self, config: SweepConfig, parent_run_id: str, model: Any, X_example: Any,
+                          tags: dict) -> str:
         import mlflow
         import mlflow.sklearn
+        from mlflow.exceptions import MlflowException
         from mlflow.models import infer_signature
 
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
         signature = infer_signature(X_example, model.predict(X_example))
         with mlflow.start_run(run_id=parent_run_id):
             info = mlflow.sklearn.log_model(
@@ -150,9 +171,17 @@ class Tracker:
                 pip_requirements=pip_requirements(),
                 serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
                 skops_trusted_types=trusted_types(model),
-                registered_model_name=config.model_name,
             )
-        return str(info.registered_model_version)
+        try:
+            self.client.create_registered_model(config.model_name)
+        except MlflowException as error:
+            if "ALREADY_EXISTS" not in str(error.error_code):
+                raise
+        version = self.client.create_model_version(
+            config.model_name, source=info.model_uri, run_id=parent_run_id, tags=tags,
+            model_id=info.model_id,
+        )
+        return str(version.version)
 
 
 class TrialRecorder:
