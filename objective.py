@@ -17,6 +17,9 @@ from typing import Any, Callable
 from search_space import ConfigError, SweepConfig, estimator_class, suggest
 
 PRUNING_REPORTS = 10  # how many chunks a pruned ensemble is grown in
+# Logged for a conditional param that a trial left unsampled: a run missing a param would drop
+# off the MLflow UI's parallel-coordinates plot.
+INACTIVE = "inactive"
 
 
 @dataclass(frozen=True)
@@ -144,38 +147,66 @@ def _chunks(total: int) -> list[int]:
 
 
 class Objective:
-    """Optuna's objective: one child run per trial, opened before fitting and closed with its result."""
+    """Optuna's objective: claims a slot, opens the child run, fits, and leaves the result on the trial.
 
-    def __init__(self, config: SweepConfig, folds: list[Fold], recorder: Any) -> None:
-        self.config, self.folds, self.recorder = config, folds, recorder
+    The child run is completed from the finished trial by the recorder (an Optuna callback), so
+    the run says exactly what the storage says.
+    """
+
+    def __init__(self, config: SweepConfig, folds: list[Fold], recorder: Any, worker: str = "") -> None:
+        self.config, self.folds, self.recorder, self.worker = config, folds, recorder, worker
         self.scorer = scorer_for(config)
         self.size = size_param(config.estimator)
+        self.pruning = config.pruner != "none"
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
+        from runner import has_slot
+
+        trial.set_user_attr("sweep.worker", self.worker)
+        if not has_slot(trial.study, self.config.n_trials, trial):
+            trial.set_user_attr("sweep.surplus", True)
+            trial.study.stop()
+            raise TrialFailed("surplus: other workers' trials already fill the study's total")
         params = suggest(self.config, trial)
-        run_id = self.recorder.open_trial(trial.number)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        curve: list[tuple[int, float]] = []
-
-        def report(step: int, value: float) -> None:
-            curve.append((step, value))
-            trial.report(value, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after {step} trees")
-
-        pruning = self.config.pruner != "none"
+        opened = self.recorder.open_trial(trial)
+        started = time.perf_counter()
         try:
-            estimator = build_estimator(self.config, params)
-            result = evaluate(estimator, self.folds, self.scorer, report if pruning else None, self.size)
+            result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
+                              self._reporter(trial) if self.pruning else None, self.size)
         except optuna.TrialPruned:
-            self.recorder.close_trial(run_id, trial.number, "PRUNED", params, curve=curve)
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
             trial.set_user_attr("sweep.error", message[:1000])
-            self.recorder.close_trial(run_id, trial.number, "FAIL", params, curve=curve, error=message)
             raise TrialFailed(message) from error
-        self.recorder.close_trial(run_id, trial.number, "COMPLETE", params, result=result)
+        except KeyboardInterrupt as interrupt:
+            trial.set_user_attr("sweep.error", f"interrupted ({interrupt})")
+            raise
+        finally:
+            trial.set_user_attr("sweep.fit_time_s", time.perf_counter() - started)
+            _link_run(trial, opened)
+        trial.set_user_attr("sweep.score_std", result.score_std)
         return result.score
+
+    def _reporter(self, trial: Any) -> Callable[[int, float], None]:
+        def report(step: int, value: float) -> None:
+            import optuna
+
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after {step} trees")
+
+        return report
+
+
+RUN_LINK_WAIT_S = 10  # the run is created while the trial fits; wait this long at most for its id
+
+
+def _link_run(trial: Any, opened: Any) -> None:
+    """Keep the child run id on the trial (when the store answered), for the UI links and sync."""
+    try:
+        trial.set_user_attr("mlflow_run_id", opened.result(timeout=RUN_LINK_WAIT_S).run_id)
+    except Exception:  # the store is down, or slow past the wait: `sweep sync` links it later
+        pass

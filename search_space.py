@@ -144,7 +144,7 @@ def load(path: str | Path, overrides: dict | None = None) -> SweepConfig:
 
 def parse(text: str, origin: str = "<config>", overrides: dict | None = None) -> SweepConfig:
     raw = _safe_load(text, origin)
-    if _holds_itself(raw, set(), set()):
+    if _holds_itself(raw):
         problem = "must not hold a value inside itself (a YAML alias within its own anchor)"
         raise ConfigError([f"{origin}: {problem}."])
     if raw is None:
@@ -152,7 +152,10 @@ def parse(text: str, origin: str = "<config>", overrides: dict | None = None) ->
     if not isinstance(raw, dict):
         raise ConfigError([f"{origin}: must be a mapping of keys. Got {type(raw).__name__} instead."])
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return _build(raw, text)
+    try:
+        return _build(raw, text)
+    except RecursionError:  # repr() of a value nested almost as deep as the loader allows
+        raise ConfigError([f"{origin}: is not valid YAML: it is nested too deeply."]) from None
 
 
 class _SafeUniqueLoader(yaml.SafeLoader):
@@ -179,7 +182,7 @@ class _SafeUniqueLoader(yaml.SafeLoader):
 def _safe_load(text: str, origin: str) -> Any:
     """The YAML as plain values; anything the safe loader cannot build is one ConfigError line."""
     try:
-        return yaml.load(text, Loader=_SafeUniqueLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=_SafeUniqueLoader)  # a SafeLoader subclass: plain values only
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -194,21 +197,28 @@ def _safe_load(text: str, origin: str) -> Any:
         raise ConfigError([f"{origin}: is not valid YAML: a value cannot be built ({first})."]) from None
 
 
-def _holds_itself(value: Any, holders: set[int], done: set[int]) -> bool:
+def _holds_itself(root: Any) -> bool:
     """True for a cycle such as `a: &x [*x]`, which no check below could walk through.
 
-    Each list or mapping is walked once (`done`), however many aliases share it.
+    A depth-first walk with its own stack (the YAML may nest as deep as the loader allows) that
+    enters each list or mapping once, however many aliases share it.
     """
-    if not isinstance(value, (dict, list)) or id(value) in done:
-        return False
-    if id(value) in holders:
-        return True
-    holders.add(id(value))
-    items = value.values() if isinstance(value, dict) else value
-    found = any(_holds_itself(v, holders, done) for v in items)
-    holders.discard(id(value))
-    done.add(id(value))
-    return found
+    open_, done = set(), set()  # ids of the containers on the current path / walked through
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        value, leaving = stack.pop()
+        if not isinstance(value, (dict, list)) or id(value) in done:
+            continue
+        if leaving:
+            open_.discard(id(value))
+            done.add(id(value))
+            continue
+        if id(value) in open_:
+            return True
+        open_.add(id(value))
+        stack.append((value, True))
+        stack += [(child, False) for child in (value.values() if isinstance(value, dict) else value)]
+    return False
 
 
 def _build(raw: dict, text: str) -> SweepConfig:

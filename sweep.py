@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import reports
 from search_space import ConfigError
 
 DEFAULT_CONFIG = "search_space.yaml"
@@ -129,15 +130,8 @@ def open_study(config: Any, storage: Any, data_digest: str) -> Any:
     return study
 
 
-def counted_trials(study: Any) -> int:
-    """The trials --n-trials counts: completed and pruned."""
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
 class Progress:
-    """Optuna callback: the progress bar, one line per failed trial, and the failure budget."""
+    """Optuna callback: the progress bar and one line per failed trial (runner.Budget stops the sweep)."""
 
     def __init__(self, config: Any, total: int, quiet: bool) -> None:
         from tqdm import tqdm
@@ -151,11 +145,10 @@ class Progress:
         from optuna.trial import TrialState
 
         if trial.state == TrialState.FAIL:
-            self.failed += 1
-            self.last_error = trial.user_attrs.get("sweep.error", "")
-            self.bar.write(f"trial {trial.number} failed: {self.last_error}", file=sys.stderr)
-            if self.failed > self.config.max_failures:
-                study.stop()
+            if not trial.user_attrs.get("sweep.surplus"):
+                self.failed += 1
+                self.last_error = trial.user_attrs.get("sweep.error", "")
+                self.bar.write(f"trial {trial.number} failed: {self.last_error}", file=sys.stderr)
             return
         self.pruned += trial.state == TrialState.PRUNED
         self.bar.update(1)
@@ -163,8 +156,6 @@ class Progress:
         postfix = {"best": f"{best:.4f}" if best is not None else "-", "pruned": self.pruned,
                    "failed": self.failed}
         self.bar.set_postfix(postfix, refresh=False)
-        if counted_trials(study) >= self.config.n_trials:
-            study.stop()
 
     def close(self) -> None:
         self.bar.close()
@@ -177,26 +168,34 @@ def _best_value(study: Any) -> float | None:
         return None
 
 
-def run_trials(study: Any, prepared: Prepared, recorder: Any, quiet: bool) -> int:
-    """Run trials until the study has n_trials counted ones; return how many ran now."""
-    from objective import Objective, TrialFailed, prepare_folds
+def run_trials(study: Any, prepared: Prepared, recorder: Any, args: argparse.Namespace,
+               wait_for_workers: bool = True) -> int:
+    """Run trials here (and in --n-jobs - 1 worker processes) until the study has n_trials counted."""
+    import runner
+    from objective import Objective, prepare_folds
 
     config, data = prepared.config, prepared.dataset
-    remaining = config.n_trials - counted_trials(study)
-    if remaining <= 0:
+    before = len(study.trials)
+    counted = runner.counts(study)[0]
+    if counted >= config.n_trials:
         return 0
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
-    objective = Objective(config, folds, recorder)
-    progress = Progress(config, remaining, quiet)
-    before = len(study.trials)
+    objective = Objective(config, folds, recorder, runner.worker_id())
+    progress = Progress(config, config.n_trials - counted, args.quiet)
     try:
-        study.optimize(objective, timeout=config.timeout, catch=(TrialFailed,), callbacks=[progress])
+        if wait_for_workers:
+            runner.run_until_done(study, objective, recorder, config, progress)
+        else:
+            runner.run_worker(study, objective, recorder, config, progress, config.timeout)
     finally:
         progress.close()
-    if progress.failed > config.max_failures:
-        raise SweepFailed(f"stopped after {progress.failed} failed trials (max_failures is "
-                          f"{config.max_failures}); the last error: {progress.last_error}")
     return len(study.trials) - before
+
+
+def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
+    """How a `sweep worker` process finds this sweep's stores."""
+    argv = ["--study-name", study_name, "--storage", storage_spec(args), "--tracking-uri", tracking_uri(args)]
+    return argv + (["--debug"] if args.debug else [])
 
 
 # ---------------------------------------------------------------- finalize
@@ -218,7 +217,9 @@ def finalize(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str) -
 
     config, data = prepared.config, prepared.dataset
     best = best_export(study)
+    tracker.sync_trials(study, config, parent_run_id, only_running=True)
     tracker.log_results(parent_run_id, config.metric, best, study.trials_dataframe())
+    reports.log_plots(tracker.client, parent_run_id, study)
     if study.user_attrs.get("sweep.promoted_trial") == best["trial"]:
         _say(f"best trial {best['trial']} was promoted already; nothing new to promote.")
         return best
@@ -235,6 +236,8 @@ def finalize(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str) -
 # ---------------------------------------------------------------- commands
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Validate, open both stores, run the trials (here and in workers), then finalize once."""
+    import runner
     from tracking import Tracker
 
     prepared = prepare(args)
@@ -244,18 +247,83 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = open_study(config, open_storage(storage_spec(args)), prepared.dataset.digest)
     parent_run_id = tracker.parent_run(config, study.user_attrs.get("sweep.parent_run_id"))
     study.set_user_attr("sweep.parent_run_id", parent_run_id)
-    status = "FAILED"
-    try:
-        ran = run_trials(study, prepared, tracker.recorder(parent_run_id, config), args.quiet)
-        done = counted_trials(study)
-        _say(f"study {config.study_name!r}: {ran} trials ran now, {done} of {config.n_trials} counted.")
-        best = finalize(study, prepared, tracker, parent_run_id)
-        status = "FINISHED"
-    finally:
-        tracker.finish_parent(parent_run_id, status)
+    study.set_user_attr("sweep.n_trials", config.n_trials)
+    recorder = tracker.recorder(parent_run_id, config)
+    with runner.interrupts():
+        try:
+            ran = _run_with_workers(args, study, prepared, recorder)
+        except runner.Interrupted as interrupt:
+            _close_runs(recorder, study)
+            return _after_interrupt(args, study, prepared, tracker, parent_run_id, interrupt)
+        except runner.BudgetExceeded as error:
+            _close_runs(recorder, study)
+            tracker.finish_parent(parent_run_id, "FAILED")
+            raise SweepFailed(str(error)) from None
+        _close_runs(recorder, study)
+        _say(f"study {config.study_name!r}: {ran} trials ran now, {runner.counts(study)[0]} of"
+             f" {config.n_trials} counted.")
+        best = _finalize_once(study, prepared, tracker, parent_run_id, "FINISHED")
     _say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
     _emit(json.dumps(best, indent=2, default=str), args.output)
     return 0
+
+
+def _run_with_workers(args: argparse.Namespace, study: Any, prepared: Prepared, recorder: Any) -> int:
+    import signal
+
+    import runner
+
+    workers = runner.start_workers(args.n_jobs - 1, _worker_argv(args, prepared.config.study_name))
+    try:
+        ran = run_trials(study, prepared, recorder, args)
+    except BaseException as error:
+        runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
+        raise
+    runner.stop_workers(workers)
+    return ran
+
+
+def _close_runs(recorder: Any, study: Any) -> None:
+    """Close the child runs of interrupted trials and wait for the queued MLflow writes."""
+    recorder.close_unfinished(study)
+    unlogged = recorder.flush()
+    if unlogged:
+        _say(f"sweep: {len(unlogged)} trials could not be logged to MLflow (trials {_numbers(unlogged)});"
+             " they are safe in the Optuna storage: run `sweep sync` once the tracking store is back.")
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
+
+
+def _finalize_once(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str, status: str) -> dict:
+    """finalize, then end the parent run with `status`, or FAILED if finalize failed."""
+    try:
+        best = finalize(study, prepared, tracker, parent_run_id)
+    except BaseException:
+        tracker.finish_parent(parent_run_id, "FAILED")
+        raise
+    tracker.finish_parent(parent_run_id, status)
+    return best
+
+
+def _after_interrupt(args: argparse.Namespace, study: Any, prepared: Prepared, tracker: Any,
+                     parent_run_id: str, interrupt: Any) -> int:
+    """Export and (unless told not to) promote the best so far; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    import runner
+
+    _say(f"sweep: interrupted by {interrupt}; {runner.counts(study)[0]} of {prepared.config.n_trials}"
+         " trials counted. Run the same command again to resume.")
+    if args.no_promote_on_interrupt or not _has_completed_trial(study):
+        tracker.finish_parent(parent_run_id, "KILLED")
+    else:
+        best = _finalize_once(study, prepared, tracker, parent_run_id, "KILLED")
+        _emit(json.dumps(best, indent=2, default=str), args.output)
+    return interrupt.exit_code
+
+
+def _has_completed_trial(study: Any) -> bool:
+    return _best_value(study) is not None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -326,28 +394,36 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  sweep run --n-trials 40 && sweep best --format yaml",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = _command(commands, "run", "run (or resume) a sweep, then promote and export the best model",
+    run = command(commands, "run", "run (or resume) a sweep, then promote and export the best model",
                    "sweep run --config search_space.yaml --n-trials 40 --study-name exp7", [common, stores])
     run.add_argument("--experiment", help="MLflow experiment (default: the config's experiment)")
     run.add_argument("--n-trials", type=int, help="the study's total of completed and pruned trials")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                      f"{DEFAULT_TRACKING_URI})")
-    run.add_argument("--output", help="also write the best params as JSON to this file")
-    _command(commands, "validate", "check a search space, its data and metric; run nothing",
+    run.add_argument("--output", help="write the best params JSON to this file instead of stdout")
+    run.add_argument("--n-jobs", type=int, default=1, help="worker processes on this machine (default: 1)")
+    run.add_argument("--no-promote-on-interrupt", action="store_true",
+                     help="on Ctrl-C or SIGTERM, export nothing and promote nothing")
+    command(commands, "validate", "check a search space, its data and metric; run nothing",
              "sweep validate --config my_space.yaml", [common])
-    best = _command(commands, "best", "export the best params of a study from the Optuna storage",
+    best = command(commands, "best", "export the best params of a study from the Optuna storage",
                     "sweep best --study-name exp7 --format yaml > best_params.yaml", [common, stores])
     best.add_argument("--format", choices=("json", "yaml"), default="json")
     best.add_argument("--output", help="write to this file instead of stdout")
+    reports.add_commands(commands, common, stores)
     return parser
 
 
-def _command(commands: Any, name: str, summary: str, example: str, parents: list) -> argparse.ArgumentParser:
-    return commands.add_parser(
+def command(commands: Any, name: str, summary: str, example: str, parents: list,
+            handler: Any = None) -> argparse.ArgumentParser:
+    """A subcommand whose help ends with an example; `handler(args) -> int` runs it."""
+    parser = commands.add_parser(
         name, help=summary, description=summary, parents=parents,
         epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(handler=handler or COMMANDS[name])
+    return parser
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "best": cmd_best}
@@ -373,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries(args.debug)
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except ConfigError as error:
         for problem in error.problems:
             _say(f"sweep: {problem}")

@@ -6,6 +6,7 @@ promoted model, because MLflow only links a logged model to a run through it.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import urllib.parse
@@ -17,6 +18,7 @@ from search_space import ConfigError, SweepConfig
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_TAG_LENGTH = 5000
 HEALTH_TIMEOUT_S = 5
+FLUSH_TIMEOUT_S = 120  # how long the end of a sweep waits for queued MLflow writes
 
 
 def mask_uri(uri: str) -> str:
@@ -113,7 +115,7 @@ class Tracker:
 
     def recorder(self, parent_run_id: str, config: SweepConfig) -> TrialRecorder:
         experiment_id = self.client.get_run(parent_run_id).info.experiment_id
-        return TrialRecorder(self.client, experiment_id, parent_run_id, config.study_name, config.metric)
+        return TrialRecorder(self.client, experiment_id, parent_run_id, config)
 
     def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any) -> None:
         """Best params (YAML and JSON), the trials table and the best-so-far curve on the parent."""
@@ -124,9 +126,44 @@ class Tracker:
         self.client.log_text(parent_run_id, yaml.safe_dump(best, sort_keys=False), "best_params.yaml")
         self.client.log_text(parent_run_id, trials.to_csv(index=False), "trials.csv")
         now = int(time.time() * 1000)
-        history = [Metric(f"best_{metric}", value, now, step) for step, value in _best_so_far(trials)]
+        key = f"best_{metric}"
+        logged = {m.step for m in self.client.get_metric_history(parent_run_id, key)}
+        history = [Metric(key, value, now, step) for step, value in _best_so_far(trials) if step not in logged]
         for start in range(0, len(history), 1000):  # MLflow takes at most 1000 metrics a batch
             self.client.log_batch(parent_run_id, metrics=history[start:start + 1000])
+
+    def sync_trials(self, study: Any, config: SweepConfig, parent_run_id: str, only_running: bool = False) -> int:
+        """Make every finished trial's child run match the Optuna storage; return how many changed.
+
+        With `only_running`, just the runs left RUNNING (a dead worker's, an interrupted one's).
+        """
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        runs = self.child_runs(experiment_id, parent_run_id, "RUNNING" if only_running else None)
+        changed = 0
+        for trial in study.get_trials(deepcopy=False):
+            run = runs.get(trial.number)
+            if trial.state.name == "RUNNING" or trial.user_attrs.get("sweep.surplus"):
+                continue
+            if only_running and run is None:
+                continue
+            record = trial_record(trial, config, study.study_name, parent_run_id)
+            changed += write_record(self.client, experiment_id, record, RunState.of(run) if run else None)[1]
+        return changed
+
+    def child_runs(self, experiment_id: str, parent_run_id: str, status: str | None = None) -> dict[int, Any]:
+        """The parent's child runs by trial number."""
+        query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        query += f" and attributes.status = '{status}'" if status else ""
+        runs, token = {}, None
+        while True:
+            page = self.client.search_runs([experiment_id], query, max_results=1000, page_token=token)
+            for run in page:
+                number = run.data.tags.get("sweep.trial_number", "")
+                if number.isdigit():
+                    runs[int(number)] = run
+            token = page.token
+            if not token:
+                return runs
 
     def finish_parent(self, parent_run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(parent_run_id, status=status)
@@ -184,41 +221,181 @@ class Tracker:
         return str(version.version)
 
 
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one child run says of one trial, built from the Optuna trial alone (so sync can rebuild it)."""
+
+    number: int
+    status: str  # the MLflow run status
+    params: dict[str, str]
+    metrics: list[tuple[str, float, int]]  # (key, value, step)
+    tags: dict[str, str]
+    start_ms: int
+    end_ms: int | None
+
+
+def trial_record(trial: Any, config: SweepConfig, study_name: str, parent_run_id: str,
+                 error: str | None = None) -> TrialRecord:
+    """The child run of a finished (or running) FrozenTrial: exactly the declared params, inactive
+    ones as a placeholder; the metric's curve and CV mean; never a NaN."""
+    from objective import INACTIVE
+
+    state = trial.state.name
+    attrs = trial.user_attrs
+    metric = config.metric
+    metrics = [(metric, v, int(step)) for step, v in sorted(trial.intermediate_values.items())
+               if _finite(v)]
+    if state == "COMPLETE" and _finite(trial.value):
+        if not metrics or metrics[-1][1] != trial.value:
+            metrics.append((metric, trial.value, metrics[-1][2] if metrics else 0))
+        metrics += [(f"{metric}_std", attrs["sweep.score_std"], 0)] if "sweep.score_std" in attrs else []
+    if _finite(attrs.get("sweep.fit_time_s")):
+        metrics.append(("fit_time_s", attrs["sweep.fit_time_s"], 0))
+    tags = _run_tags(trial.number, state, study_name, parent_run_id)
+    error = error or attrs.get("sweep.error")
+    if error and state == "FAIL":
+        tags["sweep.error"] = error[:MAX_TAG_LENGTH]
+    params = {p.name: _param_value(trial.params.get(p.name, INACTIVE)) for p in config.params}
+    end = trial.datetime_complete
+    return TrialRecord(
+        number=trial.number, status=RUN_STATUS.get(state, "RUNNING"), params=params,
+        metrics=metrics, tags=tags, start_ms=_ms(trial.datetime_start),
+        end_ms=_ms(end) if end else None,
+    )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a child run already holds."""
+
+    run_id: str
+    params: dict
+    metrics: frozenset
+    tags: dict
+    status: str
+
+    @classmethod
+    def of(cls, run: Any) -> RunState:
+        return cls(run.info.run_id, dict(run.data.params), frozenset(run.data.metrics),
+                   dict(run.data.tags), run.info.status)
+
+
+def _run_tags(number: int, state: str, study_name: str, parent_run_id: str) -> dict[str, str]:
+    return {"mlflow.parentRunId": parent_run_id, "sweep.study_name": study_name,
+            "sweep.trial_number": str(number), "sweep.trial_state": state}
+
+
+def write_record(client: Any, experiment_id: str, record: TrialRecord,
+                 run: RunState | None = None) -> tuple[str, bool]:
+    """Make the child run say what the record says, writing only what it lacks (so it is idempotent).
+
+    `run` is what the run holds already (None: create it). Three requests at most: create, one
+    batch, terminate. Returns the run id and whether anything was written.
+    """
+    wrote = run is None
+    from mlflow.entities import Metric, Param, RunTag
+
+    if run is None:
+        created = client.create_run(experiment_id, start_time=record.start_ms,
+                                    run_name=f"trial-{record.number}", tags=record.tags)
+        run = RunState(created.info.run_id, {}, frozenset(), dict(record.tags), "RUNNING")
+    params = [Param(k, v) for k, v in record.params.items() if k not in run.params]
+    metrics = [Metric(k, v, record.end_ms or record.start_ms, step)
+               for k, v, step in record.metrics if k not in run.metrics]
+    tags = [RunTag(k, v) for k, v in record.tags.items() if run.tags.get(k) != v]
+    if params or metrics or tags:
+        client.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
+        wrote = True
+    if record.status not in (run.status, "RUNNING"):
+        client.set_terminated(run.run_id, status=record.status, end_time=record.end_ms)
+        wrote = True
+    return run.run_id, wrote
+
+
 class TrialRecorder:
-    """Opens a trial's child run before fitting and closes it, in one batch, with the result."""
+    """Writes child runs from a background thread, so MLflow never sits on a trial's critical path.
 
-    def __init__(self, client: Any, experiment_id: str, parent_run_id: str, study_name: str,
-                 metric: str) -> None:
+    A trial's run is opened (RUNNING) when the trial starts and completed, in one batch, when it
+    ends; a failing store is retried with backoff, and what still fails is kept for `sweep sync`.
+    """
+
+    def __init__(self, client: Any, experiment_id: str, parent_run_id: str, config: SweepConfig) -> None:
+        import queue
+        import threading
+
         self.client, self.experiment_id = client, experiment_id
-        self.parent_run_id, self.study_name, self.metric = parent_run_id, study_name, metric
+        self.parent_run_id, self.config = parent_run_id, config
+        self.unlogged: list[int] = []
+        self._runs: dict[int, Any] = {}  # trial number -> Future of its RunState
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="sweep-mlflow", daemon=True)
+        self._thread.start()
 
-    def open_trial(self, number: int) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags={
-            "mlflow.parentRunId": self.parent_run_id,
-            "sweep.study_name": self.study_name,
-            "sweep.trial_number": str(number),
-            "sweep.trial_state": "RUNNING",
-        })
-        return run.info.run_id
+    def open_trial(self, trial: Any) -> Any:
+        """Queue the creation of the trial's RUNNING child run; return a Future of its RunState."""
+        from concurrent.futures import Future
 
-    def close_trial(self, run_id: str, number: int, state: str, params: dict, result: Any = None,
-                    curve: list | None = None, error: str | None = None) -> None:
-        """Params, metrics and final tags in one batch, then the run's terminal status."""
-        from mlflow.entities import Metric, Param, RunTag
+        future: Future = Future()
+        self._runs[trial.number] = future
+        tags = _run_tags(trial.number, "RUNNING", self.config.study_name, self.parent_run_id)
+        record = TrialRecord(trial.number, "RUNNING", {}, [], tags, _ms(trial.datetime_start), None)
+        self._queue.put((self._create, record, future))
+        return future
 
-        now = int(time.time() * 1000)
-        tags = [RunTag("sweep.trial_state", state)]
-        if error:
-            tags.append(RunTag("sweep.error", error[:MAX_TAG_LENGTH]))
-        # The curve's last point is the CV mean: the metric's latest value is the trial's score.
-        points = result.curve if result is not None else (curve or [])
-        metrics = [Metric(self.metric, value, now, step) for step, value in points]
-        if result is not None:
-            metrics += [Metric(f"{self.metric}_std", result.score_std, now, 0),
-                        Metric("fit_time_s", result.fit_time_s, now, 0)]
-        self.client.log_batch(run_id, metrics=metrics,
-                              params=[Param(k, _param_value(v)) for k, v in params.items()], tags=tags)
-        self.client.set_terminated(run_id, status=RUN_STATUS[state], end_time=now)
+    def close_trial(self, trial: Any, error: str | None = None) -> None:
+        """Queue the finished trial's params, metrics and status (an Optuna callback calls this)."""
+        record = trial_record(trial, self.config, self.config.study_name, self.parent_run_id, error)
+        self._queue.put((self._complete, record, self._runs.pop(trial.number, None)))
+
+    def close_unfinished(self, study: Any) -> None:
+        """Close the runs of trials that ended without Optuna's callbacks (an interrupt)."""
+        trials = study.get_trials(deepcopy=False)
+        for number in list(self._runs):
+            self.close_trial(trials[number])
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> list[int]:
+        """Wait for the queued writes; return the numbers of the trials that could not be logged."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.unlogged += [record.number for _, record, _ in list(self._queue.queue)[:-1]]
+        return sorted(set(self.unlogged))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            action, record, future = item
+            try:
+                _with_retries(lambda: action(record, future))
+            except Exception as error:  # the store stayed unusable: the trial waits for `sweep sync`
+                self.unlogged.append(record.number)
+                if future is not None and not future.done():
+                    future.set_exception(error)
+
+    def _create(self, record: TrialRecord, future: Any) -> None:
+        run_id, _ = write_record(self.client, self.experiment_id, record)
+        future.set_result(RunState(run_id, {}, frozenset(), dict(record.tags), "RUNNING"))
+
+    def _complete(self, record: TrialRecord, future: Any) -> None:
+        opened = future.result() if future is not None and future.done() and not future.exception() else None
+        write_record(self.client, self.experiment_id, record, opened)
+
+
+def _with_retries(action: Any, attempts: int = 4, first_wait_s: float = 0.5) -> Any:
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(first_wait_s * 4 ** attempt)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _ms(moment: Any) -> int:
+    return int(moment.timestamp() * 1000) if moment else int(time.time() * 1000)
 
 
 def _param_value(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import mlflow
 import optuna
@@ -207,7 +208,8 @@ params:
         assert run.info.status == "FAILED"
         assert run.data.params == {"loss": "exponential"}
         assert "ValueError" in run.data.tags["sweep.error"]
-        assert run.data.metrics == {}  # never NaN
+        assert "accuracy" not in run.data.metrics  # a failed trial has no score, never NaN
+        assert all(math.isfinite(v) for v in run.data.metrics.values())
 
 
 def test_too_many_failures_stop_the_sweep_with_exit_1(tmp_path, stores, capsys):
