@@ -201,7 +201,7 @@ class Objective:
         return report
 
 
-RUN_LINK_WAIT_S = 10  # the run is created while the trial fits; wait this long at most for its id
+RUN_LINK_WAIT_S = 2  # the run is created while the trial fits; wait this long at most for its id
 
 
 def _link_run(trial: Any, opened: Any) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -171,22 +169,28 @@ def run_until_done(study: Any, objective: Any, recorder: Any, config: Any, progr
         # else the open slots are nobody's: the next pass runs them here
 
 
-def start_workers(count: int, argv: list[str]) -> list[subprocess.Popen]:
-    """`count` more `sweep worker` processes on the same study (processes, not threads: the GIL)."""
-    command = [sys.executable, "-m", "sweep", "worker", "-q", *argv]
-    return [subprocess.Popen(command, stdin=subprocess.DEVNULL) for _ in range(count)]
+def fork_workers(count: int, target: Any, *args: Any) -> list:
+    """`count` worker processes running target(*args) (processes, not threads: the GIL).
+
+    Forked, so they start with the parent's imports and data instead of loading them again.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=target, args=args, name=f"sweep-worker-{i + 1}") for i in range(count)]
+    for worker in workers:
+        worker.start()
+    return workers
 
 
-def stop_workers(workers: list[subprocess.Popen], signum: int | None = None) -> list[int]:
+def stop_workers(workers: list, signum: int | None = None) -> list[int]:
     """Forward an interrupt (if any) and wait for the workers; return their exit codes."""
     for worker in workers:
-        if signum is not None and worker.poll() is None:
-            worker.send_signal(signum)
-    codes = []
+        if signum is not None and worker.is_alive():
+            os.kill(worker.pid, signum)
     for worker in workers:
-        try:
-            codes.append(worker.wait(timeout=WORKER_STOP_S if signum else None))
-        except subprocess.TimeoutExpired:
+        worker.join(WORKER_STOP_S if signum else None)
+        if worker.is_alive():
             worker.kill()
-            codes.append(worker.wait())
-    return codes
+            worker.join()
+    return [worker.exitcode for worker in workers]

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import reports
+import studies
 from search_space import ConfigError
 
 DEFAULT_CONFIG = "search_space.yaml"
 DEFAULT_STORAGE = "optuna.journal"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "SWEEP_STORAGE"
+FORKED_WAIT_S = 120  # how long --n-jobs workers wait for the study (validating the stores comes first)
 
 
 class SweepFailed(Exception):
@@ -67,91 +69,38 @@ def storage_spec(args: argparse.Namespace) -> str:
     return args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
-def open_storage(spec: str) -> Any:
-    """An RDB URL, a redis:// journal, or else a journal file that several processes can share."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
-
-    if spec.startswith("redis://"):
-        return optuna.storages.JournalStorage(JournalRedisBackend(spec))
-    if "://" in spec:
-        return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
-    return optuna.storages.JournalStorage(JournalFileBackend(spec))
-
-
-# ---------------------------------------------------------------- the study
-
-def make_sampler(config: Any) -> Any:
-    import optuna.samplers as samplers
-    from search_space import grid
-
-    seed = config.seed
-    if config.sampler == "grid":
-        return samplers.GridSampler(grid(config), seed=seed)
-    return {
-        "tpe": lambda: samplers.TPESampler(seed=seed, constant_liar=True),
-        "random": lambda: samplers.RandomSampler(seed=seed),
-        "cmaes": lambda: samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
-        "qmc": lambda: samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
-    }[config.sampler]()
-
-
-def make_pruner(config: Any) -> Any:
-    import optuna.pruners as pruners
-
-    return {
-        "none": pruners.NopPruner,
-        "median": lambda: pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-        "percentile": lambda: pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=1),
-        "successive_halving": pruners.SuccessiveHalvingPruner,
-        "hyperband": pruners.HyperbandPruner,
-    }[config.pruner]()
-
-
-def open_study(config: Any, storage: Any, data_digest: str) -> Any:
-    """Create the study, or load it and refuse a changed space."""
-    import optuna
-
-    study = optuna.create_study(
-        storage=storage, study_name=config.study_name, direction="maximize",
-        sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
-    )
-    known = study.user_attrs.get("sweep.space_sha256")
-    if known is None:
-        study.set_user_attr("sweep.space_sha256", config.space_sha256())
-        study.set_user_attr("sweep.data_sha256", data_digest)
-        study.set_user_attr("sweep.estimator", config.estimator)
-        study.set_user_attr("sweep.fixed_params", config.fixed)
-        study.set_user_attr("sweep.config", config.source)
-    elif known != config.space_sha256():
-        raise ConfigError([
-            f"study {config.study_name!r}: was started with another search space, data or metric;"
-            " resume it with the same file or pick a new --study-name."])
-    return study
-
-
 class Progress:
-    """Optuna callback: the progress bar and one line per failed trial (runner.Budget stops the sweep)."""
+    """Optuna callback: the progress bar (or JSON lines) and one line per failed trial (runner.Budget stops
+    the sweep)."""
 
-    def __init__(self, config: Any, total: int, quiet: bool) -> None:
+    def __init__(self, config: Any, total: int, quiet: bool, log_format: str = "text") -> None:
         from tqdm import tqdm
 
         self.config, self.failed, self.pruned = config, 0, 0
         self.last_error = ""
-        self.bar = tqdm(total=total, desc=config.study_name, unit="trial", file=sys.stderr,
-                        disable=quiet, dynamic_ncols=True)
+        self.json_lines = log_format == "json"  # one JSON line per finished trial, instead of the bar
+        # The study's done/total: a resumed sweep starts past 0, and other workers' trials count too.
+        self.bar = tqdm(total=config.n_trials, initial=max(0, config.n_trials - total),
+                        desc=config.study_name, unit="trial", file=sys.stderr,
+                        disable=quiet or self.json_lines, dynamic_ncols=True)
 
     def __call__(self, study: Any, trial: Any) -> None:
         from optuna.trial import TrialState
 
+        import runner
+
+        if self.json_lines and not trial.user_attrs.get("sweep.surplus"):
+            line = {**reports.trial_row(trial), "error": trial.user_attrs.get("sweep.error")}
+            print(json.dumps(line, default=str), file=sys.stderr, flush=True)
         if trial.state == TrialState.FAIL:
             if not trial.user_attrs.get("sweep.surplus"):
                 self.failed += 1
                 self.last_error = trial.user_attrs.get("sweep.error", "")
-                self.bar.write(f"trial {trial.number} failed: {self.last_error}", file=sys.stderr)
+                if not self.json_lines:
+                    self.bar.write(f"trial {trial.number} failed: {self.last_error}", file=sys.stderr)
             return
         self.pruned += trial.state == TrialState.PRUNED
-        self.bar.update(1)
+        self.bar.update(max(0, min(runner.counts(study)[0], self.config.n_trials) - self.bar.n))
         best = _best_value(study)
         postfix = {"best": f"{best:.4f}" if best is not None else "-", "pruned": self.pruned,
                    "failed": self.failed}
@@ -181,7 +130,7 @@ def run_trials(study: Any, prepared: Prepared, recorder: Any, args: argparse.Nam
         return 0
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
     objective = Objective(config, folds, recorder, runner.worker_id())
-    progress = Progress(config, config.n_trials - counted, args.quiet)
+    progress = Progress(config, config.n_trials - counted, args.quiet, getattr(args, "log_format", "text"))
     try:
         if wait_for_workers:
             runner.run_until_done(study, objective, recorder, config, progress)
@@ -190,12 +139,6 @@ def run_trials(study: Any, prepared: Prepared, recorder: Any, args: argparse.Nam
     finally:
         progress.close()
     return len(study.trials) - before
-
-
-def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
-    """How a `sweep worker` process finds this sweep's stores."""
-    argv = ["--study-name", study_name, "--storage", storage_spec(args), "--tracking-uri", tracking_uri(args)]
-    return argv + (["--debug"] if args.debug else [])
 
 
 # ---------------------------------------------------------------- finalize
@@ -237,25 +180,43 @@ def finalize(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str) -
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, open both stores, run the trials (here and in workers), then finalize once."""
+    import signal
+
+    import runner
+
+    prepared = prepare(args)
+    # Workers fork now, with the data loaded and nothing opened yet: no import or load again,
+    # and no database connection shared across processes. They wait for the study.
+    workers = runner.fork_workers(args.n_jobs - 1, _forked_worker, args, prepared)
+    try:
+        return _run_sweep(args, prepared, workers)
+    except BaseException as error:
+        runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
+        raise
+
+
+def _run_sweep(args: argparse.Namespace, prepared: Prepared, workers: list) -> int:
     import runner
     from tracking import Tracker
 
-    prepared = prepare(args)
     config = prepared.config
     tracker = Tracker(tracking_uri(args))
     tracker.check_reachable()
-    study = open_study(config, open_storage(storage_spec(args)), prepared.dataset.digest)
+    study = studies.open_study(config, studies.open_storage(storage_spec(args)), prepared.dataset.digest)
     parent_run_id = tracker.parent_run(config, study.user_attrs.get("sweep.parent_run_id"))
-    study.set_user_attr("sweep.parent_run_id", parent_run_id)
     study.set_user_attr("sweep.n_trials", config.n_trials)
+    study.set_user_attr("sweep.parent_run_id", parent_run_id)  # last: workers wait for it
     recorder = tracker.recorder(parent_run_id, config)
     with runner.interrupts():
         try:
-            ran = _run_with_workers(args, study, prepared, recorder)
+            ran = run_trials(study, prepared, recorder, args)
+            runner.stop_workers(workers)
         except runner.Interrupted as interrupt:
+            runner.stop_workers(workers, interrupt.signum)
             _close_runs(recorder, study)
             return _after_interrupt(args, study, prepared, tracker, parent_run_id, interrupt)
         except runner.BudgetExceeded as error:
+            runner.stop_workers(workers, signal_term())
             _close_runs(recorder, study)
             tracker.finish_parent(parent_run_id, "FAILED")
             raise SweepFailed(str(error)) from None
@@ -268,19 +229,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_workers(args: argparse.Namespace, study: Any, prepared: Prepared, recorder: Any) -> int:
+def signal_term() -> int:
     import signal
 
-    import runner
+    return signal.SIGTERM
 
-    workers = runner.start_workers(args.n_jobs - 1, _worker_argv(args, prepared.config.study_name))
-    try:
-        ran = run_trials(study, prepared, recorder, args)
-    except BaseException as error:
-        runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
-        raise
-    runner.stop_workers(workers)
-    return ran
+
+def _forked_worker(args: argparse.Namespace, prepared: Prepared) -> None:
+    """A --n-jobs worker process: join the study `sweep run` is creating and run its trials."""
+    args.quiet = True  # one progress bar: the main process's
+
+    def work() -> int:
+        study = studies.load_study(storage_spec(args), prepared.config.study_name, wait_s=FORKED_WAIT_S)
+        return _work_on_study(args, study, prepared)
+
+    os._exit(_guarded(work, args.debug))
 
 
 def _close_runs(recorder: Any, study: Any) -> None:
@@ -333,13 +296,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    import optuna
-
-    name = args.study_name or _study_name_from_config(args)
-    try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage_spec(args)))
-    except KeyError:
-        raise ConfigError([f"study {name!r}: not found in storage {_masked(storage_spec(args))}."]) from None
+    study = studies.load_study(storage_spec(args), args.study_name or _study_name_from_config(args))
     best = best_export(study)
     if args.format == "yaml":
         import yaml
@@ -351,16 +308,78 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join a running sweep's study and run its trials until the study's total is reached."""
+    study = studies.load_study(storage_spec(args), args.study_name or _study_name_from_config(args),
+                               wait_s=args.wait)
+    return _work_on_study(args, study, _prepare_from_study(args, study))
+
+
+def _work_on_study(args: argparse.Namespace, study: Any, prepared: Prepared) -> int:
+    """A worker's share of the trials: no parent run of its own, no finalize."""
+    import runner
+    from tracking import Tracker
+
+    tracker = Tracker(tracking_uri(args))
+    tracker.check_reachable()
+    recorder = tracker.recorder(study.user_attrs["sweep.parent_run_id"], prepared.config)
+    with runner.interrupts():
+        try:
+            ran = run_trials(study, prepared, recorder, args, wait_for_workers=False)
+        except runner.Interrupted as interrupt:
+            _close_runs(recorder, study)
+            return interrupt.exit_code
+        except runner.BudgetExceeded as error:
+            _close_runs(recorder, study)
+            raise SweepFailed(str(error)) from None
+        _close_runs(recorder, study)
+    if not args.quiet:
+        _say(f"worker: {ran} trials ran in study {study.study_name!r}.")
+    return 0
+
+
+def _prepare_from_study(args: argparse.Namespace, study: Any) -> Prepared:
+    """The study's own space and data; a worker whose local file or data differs is refused."""
+    import dataset as data_module
+
+    config = studies.study_config(study)
+    if args.config != DEFAULT_CONFIG or Path(args.config).exists():
+        import search_space
+
+        local = search_space.load(args.config, overrides={"study_name": study.study_name})
+        if local.space_sha256() != config.space_sha256():
+            raise ConfigError([f"{args.config}: differs from the search space of study"
+                               f" {study.study_name!r}; a worker samples the study's own space."])
+    data = data_module.load(config.data, config.is_classifier, config.cv, config.seed)
+    studies.check_same_sweep(study, config, data.digest)
+    return Prepared(config, data)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Rebuild the child runs and parent artifacts that MLflow lacks from the Optuna storage."""
+    from tracking import Tracker
+
+    study = studies.load_study(storage_spec(args), args.study_name or _study_name_from_config(args))
+    config = studies.study_config(study)
+    tracker = Tracker(tracking_uri(args))
+    tracker.check_reachable()
+    known = study.user_attrs["sweep.parent_run_id"]
+    parent_run_id = tracker.parent_run(config, known, resume=False)
+    if parent_run_id != known:
+        study.set_user_attr("sweep.parent_run_id", parent_run_id)
+        _say(f"sync: the parent run was missing; created {parent_run_id}.")
+    changed = tracker.sync_trials(study, config, parent_run_id)
+    if _has_completed_trial(study):
+        tracker.log_results(parent_run_id, config.metric, best_export(study), study.trials_dataframe())
+    _say(f"sync: {changed} child runs of study {study.study_name!r} updated"
+         f" ({len(study.trials)} trials in the storage).")
+    return 0
+
+
 def _study_name_from_config(args: argparse.Namespace) -> str:
     import search_space
 
     return search_space.load(_config_path(args)).study_name
-
-
-def _masked(uri: str) -> str:
-    from tracking import mask_uri
-
-    return mask_uri(uri)
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -387,6 +406,9 @@ def _parser() -> argparse.ArgumentParser:
     stores.add_argument("--storage", help=f"Optuna storage: a journal file, an RDB URL or redis:// "
                         f"(default: ${STORAGE_ENV} or {DEFAULT_STORAGE})")
     stores.add_argument("--study-name", help="the study (default: the config's study_name)")
+    tracking = argparse.ArgumentParser(add_help=False)
+    tracking.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                          f"{DEFAULT_TRACKING_URI})")
 
     parser = argparse.ArgumentParser(
         prog="sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -395,24 +417,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = command(commands, "run", "run (or resume) a sweep, then promote and export the best model",
-                   "sweep run --config search_space.yaml --n-trials 40 --study-name exp7", [common, stores])
+                   "sweep run --config search_space.yaml --n-trials 40 --study-name exp7",
+                  [common, stores, tracking])
     run.add_argument("--experiment", help="MLflow experiment (default: the config's experiment)")
     run.add_argument("--n-trials", type=int, help="the study's total of completed and pruned trials")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    run.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                     f"{DEFAULT_TRACKING_URI})")
     run.add_argument("--output", help="write the best params JSON to this file instead of stdout")
-    run.add_argument("--n-jobs", type=int, default=1, help="worker processes on this machine (default: 1)")
+    run.add_argument("--n-jobs", type=_positive_int, default=1,
+                     help="worker processes on this machine (default: 1)")
     run.add_argument("--no-promote-on-interrupt", action="store_true",
                      help="on Ctrl-C or SIGTERM, export nothing and promote nothing")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="json: one JSON line per finished trial on stderr, instead of the progress bar")
     command(commands, "validate", "check a search space, its data and metric; run nothing",
              "sweep validate --config my_space.yaml", [common])
     best = command(commands, "best", "export the best params of a study from the Optuna storage",
                     "sweep best --study-name exp7 --format yaml > best_params.yaml", [common, stores])
     best.add_argument("--format", choices=("json", "yaml"), default="json")
     best.add_argument("--output", help="write to this file instead of stdout")
+    worker = command(commands, "worker", "join a sweep's study from anywhere and run its trials",
+                     "sweep worker --storage postgresql://sweeper@db/sweeps --tracking-uri http://mlflow:5000"
+                     " --study-name big", [common, stores, tracking])
+    worker.add_argument("--wait", type=float, default=60,
+                        help="seconds to wait for `sweep run` to create the study (default: 60)")
+    command(commands, "sync", "rebuild missing or stale MLflow runs of a study from its Optuna storage",
+            "sweep sync --study-name exp7 --tracking-uri http://127.0.0.1:5000", [common, stores, tracking])
     reports.add_commands(commands, common, stores)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def command(commands: Any, name: str, summary: str, example: str, parents: list,
@@ -426,7 +464,8 @@ def command(commands: Any, name: str, summary: str, example: str, parents: list,
     return parser
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "best": cmd_best}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "best": cmd_best, "worker": cmd_worker,
+            "sync": cmd_sync}
 
 
 def _quiet_libraries(debug: bool) -> None:
@@ -448,8 +487,13 @@ def _quiet_libraries(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries(args.debug)
+    return _guarded(lambda: args.handler(args), args.debug)
+
+
+def _guarded(command: Any, debug: bool) -> int:
+    """Run a command; turn what it raises into one line on stderr and an exit code."""
     try:
-        return args.handler(args)
+        return command()
     except ConfigError as error:
         for problem in error.problems:
             _say(f"sweep: {problem}")
@@ -460,8 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("sweep: interrupted.")
         return 130
+    except BrokenPipeError:  # `sweep best | head`: the reader left; nothing to say
+        sys.stderr.close()
+        return 1
     except Exception as error:  # the last net: one line, the traceback only when asked
-        if args.debug:
+        if debug:
             raise
         _say(f"sweep: unexpected {type(error).__name__}: {error} (run with --debug for the traceback)")
         return 1

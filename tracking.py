@@ -50,6 +50,10 @@ class Tracker:
         # stdout is for data; against a server MLflow would print run links there, at the cost of
         # one more request per finished run.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # MLflow retries a lost server for minutes per request by default; the recorder retries
+        # on its own, off the trials' path, so each request gives up sooner.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -86,11 +90,15 @@ class Tracker:
             self.client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
 
-    def parent_run(self, config: SweepConfig, known_run_id: str | None) -> str:
-        """The study's parent run: the known one when this store has it, else a new one."""
+    def parent_run(self, config: SweepConfig, known_run_id: str | None, resume: bool = True) -> str:
+        """The study's parent run: the known one when this store has it, else a new one.
+
+        `resume` marks it RUNNING again, for the trials about to run.
+        """
         if known_run_id and self._run_exists(known_run_id):
-            self.client.update_run(known_run_id, status="RUNNING")
-            self.client.set_tag(known_run_id, "sweep.n_trials", str(config.n_trials))
+            if resume:
+                self.client.update_run(known_run_id, status="RUNNING")
+                self.client.set_tag(known_run_id, "sweep.n_trials", str(config.n_trials))
             return known_run_id
         from mlflow.entities import Param, RunTag
 

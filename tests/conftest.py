@@ -81,26 +81,50 @@ def wait_healthy(url: str, seconds: float = 120) -> None:
     raise RuntimeError(f"mlflow server at {url} did not become healthy in {seconds} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """One real `mlflow server` (sqlite backend, served artifacts) for the whole session."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    try:
-        wait_healthy(url)
-        yield url
-    finally:
-        process.terminate()
+class MlflowServer:
+    """A real `mlflow server` process (sqlite backend, served artifacts) that a test may stop and restart."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+        log = open(self.root / "server.log", "a")
+        self.process = subprocess.Popen(
+            [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+        )
+        wait_healthy(self.url)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, 15)  # the server and its uvicorn workers
         try:
-            process.wait(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(tmp_path_factory: pytest.TempPathFactory):
+    """One real `mlflow server` for the whole session (it takes 10-50 s to start here)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_service: MlflowServer) -> str:
+    """The session server's URL."""
+    return mlflow_service.url

@@ -12,6 +12,7 @@ import yaml
 from conftest import small_space
 from mlflow import MlflowClient
 
+import studies
 import sweep
 
 
@@ -37,7 +38,7 @@ def runs_of(tracking_uri: str, experiment: str) -> tuple:
 
 
 def load_study(stores: dict, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=sweep.open_storage(stores["storage"]))
+    return optuna.load_study(study_name=name, storage=studies.open_storage(stores["storage"]))
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""Real sweeps in subprocesses, killed with SIGKILL, SIGINT and SIGTERM, then resumed: nothing lost."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT, small_space
+from mlflow import MlflowClient
+
+import studies
+
+SLOW_SPACE = """\
+experiment: crash
+study_name: crash
+estimator: GradientBoostingClassifier
+data: {dataset: make_classification, options: {n_samples: 1500, n_features: 20}}
+metric: accuracy
+cv: 3
+seed: 1
+sampler: random
+n_trials: 6
+fixed: {n_estimators: 150, random_state: 0}
+params:
+  learning_rate: {type: float, low: 0.05, high: 0.5, log: true}
+  max_depth: {type: int, low: 2, high: 4}
+"""
+
+
+def start_sweep(tmp_path: Path, stores: dict, *extra: str) -> subprocess.Popen:
+    config = small_space(tmp_path, study="crash", text=SLOW_SPACE)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
+         "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"], *extra],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def trials(stores: dict) -> list:
+    try:
+        study = optuna.load_study(study_name="crash", storage=studies.open_storage(stores["storage"]))
+    except (KeyError, Exception):
+        return []
+    return study.get_trials(deepcopy=False)
+
+
+def wait_until_mid_trial(process: subprocess.Popen, stores: dict, completed: int, timeout: float = 120) -> None:
+    """Until `completed` trials are done and the next one has fitted for a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        current = trials(stores)
+        done = sum(t.state.name == "COMPLETE" for t in current)
+        running = [t for t in current if t.state.name == "RUNNING"]
+        if done >= completed and running and time.time() - running[0].datetime_start.timestamp() > 0.5:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the sweep did not reach the point to interrupt it")
+
+
+def child_runs(tracking_uri: str) -> tuple[list, list]:
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("crash")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def assert_nothing_lost(stores: dict, n_trials: int) -> list:
+    """One parent; each trial exactly one child run, with its state; the study's total reached."""
+    final = trials(stores)
+    counted = [t for t in final if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(counted) == n_trials
+    assert not [t for t in final if t.state.name == "RUNNING"]
+    parents, children = child_runs(stores["tracking_uri"])
+    assert len(parents) == 1
+    numbers = collections.Counter(int(r.data.tags["sweep.trial_number"]) for r in children)
+    assert numbers == collections.Counter(t.number for t in final), "one child run per trial, no duplicates"
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    by_number = {int(r.data.tags["sweep.trial_number"]): r for r in children}
+    for trial in final:
+        run = by_number[trial.number]
+        assert run.info.status == status[trial.state.name], trial.number
+        assert run.data.params == {k: str(v) for k, v in trial.params.items()}
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    return final
+
+
+def test_sigkill_mid_trial_then_resume_loses_nothing(tmp_path, stores):
+    process = start_sweep(tmp_path, stores)
+    wait_until_mid_trial(process, stores, completed=2)
+    victim = next(t for t in trials(stores) if t.state.name == "RUNNING")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert trials(stores)[victim.number].state.name == "RUNNING"  # as the dead process left it
+
+    resumed = start_sweep(tmp_path, stores)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    final = assert_nothing_lost(stores, n_trials=6)
+    assert final[victim.number].state.name == "FAIL"
+    retries = [t for t in final if t.user_attrs.get("sweep.retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == victim.params  # its params were tried again
+    assert retries[0].state.name == "COMPLETE"
+    assert json.loads(out)["study"] == "crash"
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_fails_the_running_trial_promotes_the_best_so_far_and_resumes(tmp_path, stores, signum, code):
+    process = start_sweep(tmp_path, stores)
+    wait_until_mid_trial(process, stores, completed=2)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    assert f"interrupted by {signal.Signals(signum).name}" in err and "Traceback" not in err
+    states = [t.state.name for t in trials(stores)]
+    assert "RUNNING" not in states and "FAIL" in states
+    parents, children = child_runs(stores["tracking_uri"])
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    assert parents[0].info.status == "KILLED"
+    client = MlflowClient(stores["tracking_uri"])
+    champion = client.get_model_version_by_alias("crash", "champion")
+    best = json.loads(out)
+    assert champion.tags["sweep.trial_number"] == str(best["trial"])
+
+    resumed = start_sweep(tmp_path, stores)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert_nothing_lost(stores, n_trials=6)
+
+
+def test_interrupt_with_no_promote_promotes_nothing(tmp_path, stores):
+    process = start_sweep(tmp_path, stores, "--no-promote-on-interrupt")
+    wait_until_mid_trial(process, stores, completed=1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert (process.returncode, out) == (130, ""), err
+    assert MlflowClient(stores["tracking_uri"]).search_registered_models() == []
+
+
+def test_n_jobs_two_workers_one_parent_no_duplicates(tmp_path, stores):
+    config = small_space(tmp_path, study="crash", text=SLOW_SPACE.replace("n_estimators: 150", "n_estimators: 100")
+                         .replace("n_trials: 6", "n_trials: 12"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config), "--n-jobs", "2",
+         "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    final = assert_nothing_lost(stores, n_trials=12)
+    assert len(final) == 12
+    workers = {t.user_attrs["sweep.worker"] for t in final}
+    assert len(workers) == 2, "both processes ran trials"
+    assert not os.environ.get("SWEEP_STORAGE")
