@@ -160,3 +160,53 @@ def test_n_jobs_two_workers_one_parent_no_duplicates(tmp_path, stores):
     workers = {t.user_attrs["sweep.worker"] for t in final}
     assert len(workers) == 2, "both processes ran trials"
     assert not os.environ.get("SWEEP_STORAGE")
+
+
+def test_tracking_server_outage_mid_sweep_then_sync_rebuilds_every_run(tmp_path, mlflow_service, capsys):
+    import sweep
+
+    stores = {"tracking_uri": mlflow_service.url, "storage": str(tmp_path / "optuna.journal")}
+    config = small_space(tmp_path, study="crash", text=SLOW_SPACE.replace("experiment: crash", "experiment: outage")
+                         .replace("n_estimators: 150", "n_estimators: 60").replace("n_trials: 6", "n_trials: 40"))
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
+         "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # MLflow's own retries off, so the outage outlasts the recorder's retries (about 10 s)
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+    )
+    try:
+        wait_until_mid_trial(process, stores, completed=2)
+        mlflow_service.stop()
+        wait_until_mid_trial(process, stores, completed=6)  # trials go on without the server
+    finally:
+        mlflow_service.start()
+    assert process.poll() is None, "the sweep outlived the outage"
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert "could not be logged to MLflow" in err and "run `sweep sync`" in err
+
+    client = MlflowClient(stores["tracking_uri"])
+    experiment_id = client.get_experiment_by_name("outage").experiment_id
+    for attempt in (1, 2):
+        code = sweep.main(["sync", "--study-name", "crash", "--storage", stores["storage"],
+                           "--tracking-uri", stores["tracking_uri"]])
+        assert code == 0
+        synced = capsys.readouterr().err
+        if attempt == 1:
+            assert "sync: 0 child runs" not in synced
+        if attempt == 2:
+            assert "sync: 0 child runs of study 'crash' updated" in synced  # idempotent
+    runs = client.search_runs([experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    final = trials(stores)
+    assert collections.Counter(int(r.data.tags["sweep.trial_number"]) for r in children) == \
+        collections.Counter(t.number for t in final)
+    by_number = {int(r.data.tags["sweep.trial_number"]): r for r in children}
+    for trial in final:
+        run = by_number[trial.number]
+        assert run.data.params == {k: str(v) for k, v in trial.params.items()}
+        if trial.state.name == "COMPLETE":
+            assert run.data.metrics["accuracy"] == pytest.approx(trial.value)
+            assert run.info.status == "FINISHED"

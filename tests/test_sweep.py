@@ -313,3 +313,38 @@ def test_an_unreachable_tracking_server_is_refused_before_any_trial(tmp_path, ca
     assert err.startswith(f"sweep: tracking URI http://user:***@127.0.0.1:{port}: cannot be used")
     assert "s3cret" not in err and "Traceback" not in err
     assert not (tmp_path / "optuna.journal").exists()
+
+
+def test_pruned_trials_grow_fewer_trees_and_keep_their_curve(tmp_path, stores, capsys):
+    config = small_space(tmp_path, study="pruned", text="""\
+experiment: pruned
+study_name: pruned
+estimator: GradientBoostingClassifier
+data: {dataset: breast_cancer}
+metric: roc_auc
+cv: 2
+seed: 3
+sampler: random
+pruner: successive_halving
+n_trials: 10
+fixed: {n_estimators: 40, random_state: 0}
+params:
+  learning_rate: {type: float, low: 0.001, high: 0.5, log: true}
+  max_depth: {type: int, low: 1, high: 4}
+""")
+    code, _, err = run_cli(capsys, *sweep_args(config, stores))
+    assert code == 0, err
+    study = load_study(stores, "pruned")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and completed and len(pruned) + len(completed) == 10
+    assert all(max(t.intermediate_values) < 40 for t in pruned)  # trees grown before the prune
+    assert all(max(t.intermediate_values) == 40 for t in completed)
+    client = MlflowClient(stores["tracking_uri"])
+    _, children = runs_of(stores["tracking_uri"], "pruned")
+    by_number = {int(r.data.tags["sweep.trial_number"]): r for r in children}
+    for trial in pruned:
+        run = by_number[trial.number]
+        assert run.info.status == "KILLED"
+        curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "roc_auc")}
+        assert curve == pytest.approx(trial.intermediate_values)
