@@ -128,3 +128,28 @@ def mlflow_service(tmp_path_factory: pytest.TempPathFactory):
 def mlflow_server(mlflow_service: MlflowServer) -> str:
     """The session server's URL."""
     return mlflow_service.url
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh PostgreSQL database on the local server (trust auth), dropped after the test."""
+    import uuid
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"sweep_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg2.connect(PG_ADMIN)
+    except psycopg2.OperationalError as error:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not running: {error}")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
