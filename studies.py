@@ -15,12 +15,13 @@ from search_space import ConfigError, SweepConfig
 HEARTBEAT_S = 10  # RDB storages: a running trial's worker writes a heartbeat this often,
 GRACE_S = 60  # and a trial silent for this long is failed and its params retried
 MAX_RETRIES = 3  # how often a trial of a dead worker is retried
+STALE_LOCK_S = 10
 
 
 def open_storage(spec: str) -> Any:
     """An RDB URL (with heartbeats), a redis:// journal, or else a journal file several processes share."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalRedisBackend
 
     from tracking import mask_uri
 
@@ -33,7 +34,9 @@ def open_storage(spec: str) -> Any:
                 heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES),
             )
-        return optuna.storages.JournalStorage(JournalFileBackend(spec))
+        # A lock left by a killed process is broken after this grace (a write holds it for ms).
+        lock = JournalFileSymlinkLock(spec, grace_period=STALE_LOCK_S)
+        return optuna.storages.JournalStorage(JournalFileBackend(spec, lock_obj=lock))
     except ImportError as error:
         raise ConfigError([f"storage {mask_uri(spec)}: needs the Python package {error.name!r}"
                            " (pip install it into this environment)."]) from None

@@ -348,3 +348,58 @@ params:
         assert run.info.status == "KILLED"
         curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "roc_auc")}
         assert curve == pytest.approx(trial.intermediate_values)
+
+
+def test_a_stale_journal_lock_of_a_dead_process_does_not_hang_the_resume(finished, stores, capsys):
+    import os
+    import time
+
+    journal = stores["storage"]
+    os.symlink(journal, journal + ".lock")  # what a process killed while writing leaves behind
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, *sweep_args(finished["config"], stores, "--n-trials", "5"))
+    assert code == 0, err
+    assert time.monotonic() - started < 60
+    assert len(load_study(stores, "small").trials) == 5
+
+
+def test_the_champion_is_served_by_mlflow_models_serve(finished, stores, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from conftest import free_port
+    from sklearn.datasets import load_breast_cancer
+
+    port = free_port()
+    mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent))
+    server = subprocess.Popen(
+        [mlflow_cli, "models", "serve", "-m", "models:/exp@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "-p", str(port)],
+        # as in an activated venv: MLflow starts the venv's uvicorn by name
+        env={**os.environ, "MLFLOW_TRACKING_URI": stores["tracking_uri"],
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        rows = load_breast_cancer(as_frame=True).data.head(3)
+        body = json.dumps({"dataframe_split": rows.to_dict(orient="split")}).encode()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    predictions = json.loads(response.read())["predictions"]
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the model server did not start"
+                time.sleep(0.5)
+        assert len(predictions) == 3 and set(predictions) <= {0, 1}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
