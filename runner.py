@@ -94,23 +94,21 @@ def has_slot(study: Any, total: int, trial: Any) -> bool:
     return counted + ahead < total
 
 
-def fail_stale_trials(study: Any) -> list[int]:
-    """Fail the trials whose worker died, and enqueue their params again; return their numbers."""
+def fail_stale_trials(study: Any) -> None:
+    """Fail the trials whose worker died, and enqueue their params again.
+
+    RDB storages tell by heartbeats (and retry through their callback); any storage tells, on this
+    host, by the worker's process being gone.
+    """
     import optuna
-    from optuna.storages import RDBStorage
     from optuna.trial import TrialState
 
-    if isinstance(study._storage, RDBStorage):  # heartbeats tell; RetryFailedTrialCallback re-enqueues
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
-        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        return sorted(before - after)
+    optuna.storages.fail_stale_trials(study)
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
              if _is_dead(t.user_attrs.get("sweep.worker", ""))]
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"sweep.retry_of": trial.number})
-    return [t.number for t in stale]
 
 
 @dataclass

@@ -6,14 +6,17 @@ same space, and a changed space, data set or metric is refused on resume.
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.parse
 from typing import Any
 
 from search_space import ConfigError, SweepConfig
 
-HEARTBEAT_S = 10  # RDB storages: a running trial's worker writes a heartbeat this often,
-GRACE_S = 60  # and a trial silent for this long is failed and its params retried
+# RDB storages: a running trial's worker writes a heartbeat every SWEEP_HEARTBEAT_S seconds, and
+# a trial silent for SWEEP_GRACE_S is failed and its params retried (by any worker of the study).
+HEARTBEAT_S = int(os.environ.get("SWEEP_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("SWEEP_GRACE_S", "60"))
 MAX_RETRIES = 3  # how often a trial of a dead worker is retried
 STALE_LOCK_S = 10
 
@@ -29,11 +32,11 @@ def open_storage(spec: str) -> Any:
         if spec.startswith("redis://"):
             return optuna.storages.JournalStorage(JournalRedisBackend(spec))
         if "://" in spec:
-            return optuna.storages.RDBStorage(
+            return _with_retries(lambda: optuna.storages.RDBStorage(
                 _with_driver(spec), engine_kwargs={"pool_pre_ping": True},
                 heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES),
-            )
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
+            ))
         # A lock left by a killed process is broken after this grace (a write holds it for ms).
         lock = JournalFileSymlinkLock(spec, grace_period=STALE_LOCK_S)
         return optuna.storages.JournalStorage(JournalFileBackend(spec, lock_obj=lock))
@@ -43,6 +46,20 @@ def open_storage(spec: str) -> Any:
     except Exception as error:  # SQLAlchemy, redis and OS errors: one cause, the store is unusable
         first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         raise ConfigError([f"storage {mask_uri(spec)}: cannot be used: {first}"]) from None
+
+
+def _with_retries(open_rdb: Any, attempts: int = 5) -> Any:
+    """Workers that start together on an empty database race to create Optuna's tables; the
+    losers see a duplicate-key error and find the tables there on the next try."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return open_rdb()
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _with_driver(url: str) -> str:

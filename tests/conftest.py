@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -82,10 +83,11 @@ def wait_healthy(url: str, seconds: float = 120) -> None:
 
 
 class MlflowServer:
-    """A real `mlflow server` process (sqlite backend, served artifacts) that a test may stop and restart."""
+    """A real `mlflow server` process, as users run it for many workers: a PostgreSQL backend store
+    and a served artifact root. A test may stop and restart it."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
+    def __init__(self, root: Path, database: str) -> None:
+        self.root, self.port, self.database = root, free_port(), database
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
@@ -94,7 +96,7 @@ class MlflowServer:
         log = open(self.root / "server.log", "a")
         self.process = subprocess.Popen(
             [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.database}",
              "--artifacts-destination", str(self.root / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
             env={**os.environ, "MLFLOW_TRACKING_URI": ""},
@@ -116,12 +118,13 @@ class MlflowServer:
 @pytest.fixture(scope="session")
 def mlflow_service(tmp_path_factory: pytest.TempPathFactory):
     """One real `mlflow server` for the whole session (it takes 10-50 s to start here)."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with postgres_database() as database:
+        server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), database)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -133,12 +136,13 @@ def mlflow_server(mlflow_service: MlflowServer) -> str:
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture
-def pg_database():
-    """A fresh PostgreSQL database on the local server (trust auth), dropped after the test."""
+@contextlib.contextmanager
+def postgres_database():
+    """A fresh database on the local PostgreSQL server (trust auth), dropped afterwards."""
     import uuid
 
-    psycopg2 = pytest.importorskip("psycopg2")
+    import psycopg2
+
     name = f"sweep_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg2.connect(PG_ADMIN)
@@ -153,3 +157,9 @@ def pg_database():
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def pg_database():
+    with postgres_database() as name:
+        yield name

@@ -16,6 +16,18 @@ def files_containing(root: Path, needle: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
 
 
+def database_text(database: str) -> str:
+    """Every row of every table of a PostgreSQL database, as text."""
+    rows = []
+    with psycopg2.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as connection:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            for (table,) in cursor.fetchall():
+                cursor.execute(f'SELECT * FROM "{table}"')
+                rows.append(repr(cursor.fetchall()))
+    return "\n".join(rows)
+
+
 def test_passwords_in_both_uris_appear_nowhere(tmp_path, mlflow_service, pg_database):
     host = mlflow_service.url.removeprefix("http://")
     tracking = f"http://sweeper:{PASSWORD}@{host}"
@@ -31,14 +43,9 @@ def test_passwords_in_both_uris_appear_nowhere(tmp_path, mlflow_service, pg_data
 
     # the tracking store: its database and every artifact, model included
     assert files_containing(mlflow_service.root, PASSWORD) == []
+    assert PASSWORD not in database_text(mlflow_service.database)
     assert files_containing(tmp_path, PASSWORD) == []  # the sweep's folder: journal, exports
-    # the Optuna storage: every text it holds
-    with psycopg2.connect(f"postgresql://postgres@127.0.0.1:5432/{pg_database}") as connection:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
-            for (table,) in cursor.fetchall():
-                cursor.execute(f'SELECT * FROM "{table}"')
-                assert PASSWORD not in repr(cursor.fetchall()), table
+    assert PASSWORD not in database_text(pg_database)  # the Optuna storage
 
     # a refused URI is named, masked, in the error
     bad = subprocess.run(
