@@ -96,8 +96,8 @@ def check_metric(config: SweepConfig, y: Any) -> None:
         close = difflib.get_close_matches(config.metric, names, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError([f"metric: must be a scikit-learn scorer name. Got {config.metric!r} instead.{hint}"])
-    module = getattr(scorer_for(config), "_score_func", None).__module__
-    if config.is_classifier == module.endswith("_regression"):
+    module = getattr(getattr(scorer_for(config), "_score_func", None), "__module__", "")
+    if module and config.is_classifier == module.endswith("_regression"):
         task = "classification" if config.is_classifier else "regression"
         raise ConfigError([f"metric: {config.metric!r} does not score {task}, the task of {config.estimator}."])
     dummy = DummyClassifier(strategy="prior") if config.is_classifier else DummyRegressor()
@@ -107,8 +107,19 @@ def check_metric(config: SweepConfig, y: Any) -> None:
             warnings.simplefilter("ignore")
             scorer_for(config)(dummy.fit(X, y), X, y)
     except (ValueError, TypeError) as error:
-        first = str(error).splitlines()[0]
-        raise ConfigError([f"metric: {config.metric!r} cannot score this target: {first}"]) from None
+        raise ConfigError([_refusal(config.metric, y, error)]) from None
+
+
+def _refusal(metric: str, y: Any, error: Exception) -> str:
+    """Why the scorer refused the target, in words a user can act on."""
+    from sklearn.utils.multiclass import type_of_target
+
+    if type_of_target(y) == "multiclass":
+        classes = len(set(y))
+        return (f"metric: {metric!r} scores binary targets only; this target has {classes} classes."
+                " Use a multiclass scorer such as roc_auc_ovr, f1_macro or accuracy.")
+    first = str(error).splitlines()[0].rstrip(".")
+    return f"metric: {metric!r} cannot score this target: {first}."
 
 
 def evaluate(estimator: Any, folds: list[Fold], scorer: Callable,

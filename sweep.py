@@ -501,9 +501,9 @@ def _guarded(command: Any, debug: bool) -> int:
     except SweepFailed as error:
         _say(f"sweep: {error}")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # one that came outside the trials (runner.Interrupted)
         _say("sweep: interrupted.")
-        return 130
+        return getattr(interrupt, "exit_code", 130)
     except BrokenPipeError:  # `sweep best | head`: the reader left; nothing to say
         sys.stderr.close()
         return 1

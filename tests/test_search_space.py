@@ -335,8 +335,8 @@ def data_case(name: str, estimator: str, data: dict, metric: str, target: list |
 
 
 CLF, REG = "GradientBoostingClassifier", "GradientBoostingRegressor"
-F1_MULTICLASS = ("metric: 'f1' cannot score this target: Target is multiclass but average='binary'."
-                 " Please choose another average setting, one of [None, 'micro', 'macro', 'weighted'].")
+F1_MULTICLASS = ("metric: 'f1' scores binary targets only; this target has 3 classes."
+                 " Use a multiclass scorer such as roc_auc_ovr, f1_macro or accuracy.")
 CSV = {"path": "rows.csv", "target": "y"}
 BINARY = [0, 1] * 30
 
@@ -368,7 +368,8 @@ DATA_REFUSED = [
     data_case("classification-scorer-with-regressor", REG, {"dataset": "diabetes"}, "roc_auc", None,
               "metric: 'roc_auc' does not score regression, the task of GradientBoostingRegressor."),
     data_case("binary-scorer-roc-auc-on-multiclass", CLF, {"dataset": "iris"}, "roc_auc", None,
-              "metric: 'roc_auc' cannot score this target: multi_class must be in ('ovo', 'ovr')"),
+              "metric: 'roc_auc' scores binary targets only; this target has 3 classes."
+                " Use a multiclass scorer such as roc_auc_ovr, f1_macro or accuracy."),
     data_case("binary-scorer-f1-on-multiclass", CLF, {"dataset": "wine"}, "f1", None,
               F1_MULTICLASS),
     data_case("options-on-iris", CLF, {"dataset": "iris", "options": {"n_samples": 10}}, "accuracy", None,
