@@ -18,7 +18,15 @@ run: $(STAMP)
 	$(BIN)/sweep run
 
 test: $(STAMP)
+# The browser test drives Debian's chromium: Playwright's own browser downloads are not used.
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "make: chromium could not be installed; the browser test will be skipped"
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts optuna.journal* *.egg-info
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts optuna.journal* *.egg-info
+
+# make bench: sweep against the bare floor and the usual alternatives (quick; bench/bench.py --full for the big run).
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py

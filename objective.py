@@ -181,7 +181,7 @@ class Objective:
             trial.study.stop()
             raise TrialFailed("surplus: other workers' trials already fill the study's total")
         params = suggest(self.config, trial)
-        opened = self.recorder.open_trial(trial)
+        self.recorder.open_trial(trial)
         started = time.perf_counter()
         try:
             result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
@@ -197,7 +197,7 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("sweep.fit_time_s", time.perf_counter() - started)
-            _link_run(trial, opened)
+            _link_run(trial, self.recorder)
         trial.set_user_attr("sweep.score_std", result.score_std)
         return result.score
 
@@ -215,9 +215,8 @@ class Objective:
 RUN_LINK_WAIT_S = 2  # the run is created while the trial fits; wait this long at most for its id
 
 
-def _link_run(trial: Any, opened: Any) -> None:
+def _link_run(trial: Any, recorder: Any) -> None:
     """Keep the child run id on the trial (when the store answered), for the UI links and sync."""
-    try:
-        trial.set_user_attr("mlflow_run_id", opened.result(timeout=RUN_LINK_WAIT_S).run_id)
-    except Exception:  # the store is down, or slow past the wait: `sweep sync` links it later
-        pass
+    run_id = recorder.run_id(trial.number, RUN_LINK_WAIT_S)
+    if run_id is not None:  # else the store is down or slow: `sweep sync` finds the run by its tags
+        trial.set_user_attr("mlflow_run_id", run_id)

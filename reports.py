@@ -9,8 +9,9 @@ import argparse
 import json
 import sys
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PLOTS_DIR = "plots"  # on the parent run
 TOP_COMPARED = 20  # the compare page's plots stay readable with about this many runs
@@ -18,6 +19,8 @@ UI_START_TIMEOUT_S = 120
 UI_STOP_TIMEOUT_S = 15
 TRIAL_SORTS = ("value", "number", "duration")
 TRIAL_FORMATS = ("table", "csv", "json")
+WHICH_STUDY = ("The study: --study-name, else the study_name in --config (or ./search_space.yaml),\n"
+               "else the study started last in the storage.")
 
 
 # ---------------------------------------------------------------- the commands
@@ -45,8 +48,11 @@ def add_commands(commands: Any, common: argparse.ArgumentParser, stores: argpars
                         help="value: best first; number: oldest first; duration: longest first "
                         "(default: %(default)s)")
     trials.add_argument("--top", type=_positive, help="only the first N trials after sorting")
-    trials.add_argument("--format", choices=TRIAL_FORMATS, default="table")
+    trials.add_argument("--format", choices=TRIAL_FORMATS, default="table",
+                        help="an aligned table, or CSV / JSON for scripts (default: %(default)s)")
     trials.add_argument("--output", help="write to this file instead of stdout")
+    for parser in (ui, trials):
+        parser.description += f"\n\n{WHICH_STUDY}"
 
 
 def _positive(text: str) -> int:
@@ -72,18 +78,24 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import sweep
     from search_space import ConfigError
+    from tracking import mask_uri
 
     study = load_study(args)
     uri = sweep.tracking_uri(args)
     if args.no_serve and not uri.startswith(("http://", "https://")):
-        raise ConfigError([f"--no-serve: needs an http(s) MLflow server as --tracking-uri. Got"
-                           f" {sweep._masked(uri)} instead; without --no-serve, sweep ui serves it."])
+        raise ConfigError([(f"--no-serve: needs an http(s) MLflow server as --tracking-uri. Got"
+                            f" {mask_uri(uri)} instead; without --no-serve, sweep ui serves it.")])
     if not args.no_serve:
         _check_store_exists(uri)
         _check_port_free(args.host, args.port)
     experiment_id, run_ids = study_runs(study, uri, args.top)
-    server = None if args.no_serve else start_ui(uri, args.host, args.port, args.debug)
-    base = _public_base(uri) if args.no_serve else f"http://{_link_host(args.host)}:{args.port}"
+    if args.no_serve:
+        server, base = None, _public_base(uri)
+    else:
+        server = start_ui(uri, args.host, args.port, args.debug)
+        base = f"http://{_link_host(args.host)}:{args.port}"
+        if server is None:
+            return 1
     try:
         links = ui_links(base, experiment_id, run_ids, study.user_attrs["sweep.parent_run_id"])
         _print_links(study, links, len(run_ids), args.quiet)
@@ -99,20 +111,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def load_study(args: argparse.Namespace) -> Any:
     """The study named by --study-name, else by the config, else the storage's latest one."""
-    import optuna
+    import studies
     import sweep
     from search_space import ConfigError
+    from tracking import mask_uri
 
     spec = sweep.storage_spec(args)
-    _check_store_exists(spec, "Optuna storage", "--storage")
-    storage = sweep.open_storage(spec)
-    name = args.study_name or _config_study_name(args) or _latest_study_name(storage, spec, args.quiet)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        known = ", ".join(repr(n) for n in optuna.get_all_study_names(storage)) or "none"
-        raise ConfigError([f"study {name!r}: not found in storage {sweep._masked(spec)}"
-                           f" (its studies: {known}); pass --study-name."]) from None
+    name = args.study_name or _config_study_name(args)
+    if name is None:
+        name = studies.latest_study_name(spec)
+        if name is None:
+            raise ConfigError([(f"storage {mask_uri(spec)}: holds no study; run `sweep run` first"
+                                " or name the sweep's storage with --storage.")])
+        if not args.quiet:
+            _say(f"study {name!r}: the latest in {mask_uri(spec)} (--study-name picks another)")
+    return studies.load_study(spec, name)
 
 
 def _config_study_name(args: argparse.Namespace) -> str | None:
@@ -125,32 +138,13 @@ def _config_study_name(args: argparse.Namespace) -> str | None:
     return search_space.load(args.config).study_name
 
 
-def _latest_study_name(storage: Any, spec: str, quiet: bool) -> str:
-    import optuna
-    import sweep
+def _check_store_exists(uri: str) -> None:
+    """A local tracking store that is not there is refused, not served (and created) empty."""
     from search_space import ConfigError
 
-    names = optuna.get_all_study_names(storage)  # in the order the studies were created
-    if not names:
-        raise ConfigError([f"storage {sweep._masked(spec)}: holds no study yet; run `sweep run` first."])
-    if not quiet:
-        sweep._say(f"study {names[-1]!r}: the latest in {sweep._masked(spec)} (--study-name picks another)")
-    return names[-1]
-
-
-def _check_store_exists(uri: str, what: str = "tracking store", option: str = "--tracking-uri") -> None:
-    """A local store that is not there yet is refused, not created empty by the read."""
-    from search_space import ConfigError
-
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-    elif "://" in uri:
-        return
-    else:
-        path = Path(uri)
-    if not path.exists():
-        raise ConfigError([f"{what} {uri}: does not exist here; run `sweep run` first, or name the"
-                           f" sweep's store with {option}."])
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ConfigError([(f"tracking URI {uri}: no such database here; run `sweep run` first, or"
+                            " name the sweep's store with --tracking-uri.")])
 
 
 def completed_best_first(study: Any) -> list:
@@ -164,6 +158,7 @@ def study_runs(study: Any, tracking_uri: str, top: int) -> tuple[str, list[str]]
     """The parent run's experiment id and the child run ids of the best `top` completed trials."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
     from search_space import ConfigError
     from tracking import mask_uri
 
@@ -174,13 +169,14 @@ def study_runs(study: Any, tracking_uri: str, top: int) -> tuple[str, list[str]]
     try:
         experiment_id = client.get_run(parent_run_id).info.experiment_id
     except MlflowException:
-        raise ConfigError([f"study {study.study_name!r}: its parent run {parent_run_id} is not in the"
-                           f" tracking store {mask_uri(tracking_uri)}; pass the sweep's --tracking-uri."]) from None
+        raise ConfigError([(f"study {study.study_name!r}: its parent run {parent_run_id} is not in"
+                            f" the tracking store {mask_uri(tracking_uri)}; pass the sweep's"
+                            " --tracking-uri.")]) from None
     best = completed_best_first(study)[:top]
     run_ids = {t.number: t.user_attrs.get("mlflow_run_id") for t in best}
     if not all(run_ids.values()):  # a run the store had not created yet when its trial ended
-        run_ids.update({k: v for k, v in _runs_by_trial(client, experiment_id, parent_run_id).items()
-                        if not run_ids.get(k) and k in run_ids})
+        by_trial = _runs_by_trial(client, experiment_id, parent_run_id)
+        run_ids = {number: run_id or by_trial.get(number) for number, run_id in run_ids.items()}
     return experiment_id, [run_ids[t.number] for t in best if run_ids.get(t.number)]
 
 
@@ -232,9 +228,12 @@ def _link_host(host: str) -> str:
 
 def _print_links(study: Any, links: dict[str, str], compared: int, quiet: bool) -> None:
     """Each link on stdout, what it shows on stderr just before it."""
+    done = len(completed_best_first(study))
+    which = f"the best {compared} of {done} completed trials (--top for more)" if compared < done \
+        else f"the {done} completed trials, best first,"
     labels = {"runs": f"the runs of study {study.study_name!r} (trials nest under its parent run):",
               "parent": "the parent run (plots under Artifacts > plots):",
-              "compare": f"the best {compared} completed trials compared (parallel coordinates):"}
+              "compare": f"{which} compared (Parallel Coordinates Plot):"}
     if "compare" not in links and not quiet:
         _say("no completed trial to compare yet.")
     for key, link in links.items():
@@ -265,35 +264,46 @@ def _check_port_free(host: str, port: int) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             sock.bind((host, port))
     except OSError as error:
-        raise ConfigError([f"--port: {host}:{port} cannot be served ({error.strerror or error}); pick"
-                           f" another --port, or use the server there with --no-serve --tracking-uri"
-                           f" http://{_link_host(host)}:{port}."]) from None
+        raise ConfigError([(f"--port: {host}:{port} cannot be served ({error.strerror or error}); pick"
+                            f" another --port, or use the server there with --no-serve --tracking-uri"
+                            f" http://{_link_host(host)}:{port}.")]) from None
 
 
 def start_ui(tracking_uri: str, host: str, port: int, debug: bool) -> Any:
-    """`mlflow server` on the store, answering /health; its log goes to stderr only with --debug."""
+    """`mlflow server` on the store, answering /health; None, said why, when it does not start.
+
+    It runs in its own process group (uvicorn and helpers under it), which stop_ui ends as a whole;
+    its log goes to stderr only with --debug.
+    """
+    import os
     import subprocess
     import tempfile
     import time
     import urllib.request
 
-    from sweep import SweepFailed
-
-    log = sys.stderr if debug else tempfile.TemporaryFile(mode="w+")
+    log = sys.stderr if debug else tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed with the process)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
                "--host", host, "--port", str(port), "--workers", "1"]
     _say(f"starting the MLflow UI on http://{_link_host(host)}:{port} (Ctrl-C stops it) ...")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    # The UI needs no background job runner (GenAI jobs): five fewer processes, a faster start.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server.log = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + UI_START_TIMEOUT_S
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://{_link_host(host)}:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
+    try:
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://{_link_host(host)}:{port}/health", timeout=2):
+                    return server
+            except OSError:
+                time.sleep(0.5)
+    except BaseException:  # Ctrl-C while it starts: the server, in its own session, would live on
+        stop_ui(server)
+        raise
+    tail = _log_tail(log)
     stop_ui(server)
-    raise SweepFailed(f"the MLflow UI did not start: {_log_tail(log) or 'no answer in time'}")
+    _say(f"sweep: the MLflow UI did not start: {tail or 'no answer in time'}")
+    return None
 
 
 def wait_ui(server: Any) -> int:
@@ -316,15 +326,23 @@ def wait_ui(server: Any) -> int:
 
 
 def stop_ui(server: Any) -> None:
+    """End the server's process group: SIGTERM, then SIGKILL when it lingers."""
+    import os
+    import signal
     import subprocess
 
-    if server.poll() is None:
-        server.terminate()
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, signum)
+        except ProcessLookupError:
+            break
         try:
             server.wait(timeout=UI_STOP_TIMEOUT_S)
+            break
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            continue
+    if server.log is not sys.stderr:
+        server.log.close()
 
 
 def _log_tail(log: Any) -> str:
@@ -338,14 +356,15 @@ def _log_tail(log: Any) -> str:
 # ---------------------------------------------------------------- the trials table
 
 def trial_rows(study: Any) -> list[dict]:
-    """One row per trial: number, state, value, params (the active ones), duration, run id."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        duration = trial.duration.total_seconds() if trial.duration is not None else None
-        rows.append({"number": trial.number, "state": trial.state.name, "value": trial.value,
-                     "params": dict(trial.params), "duration_s": duration,
-                     "run_id": trial.user_attrs.get("mlflow_run_id")})
-    return rows
+    return [trial_row(trial) for trial in study.get_trials(deepcopy=False)]
+
+
+def trial_row(trial: Any) -> dict:
+    """number, state, value, params (the active ones), duration_s, run_id: one row, one JSON line."""
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    return {"number": trial.number, "state": trial.state.name, "value": trial.value,
+            "params": dict(trial.params), "duration_s": duration,
+            "run_id": trial.user_attrs.get("mlflow_run_id")}
 
 
 def sort_rows(rows: list[dict], by: str, maximize: bool = True) -> list[dict]:
@@ -360,7 +379,7 @@ def sort_rows(rows: list[dict], by: str, maximize: bool = True) -> list[dict]:
 
 def format_rows(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(rows, indent=2)
+        return json.dumps(rows, indent=2, default=str)
     names = list(dict.fromkeys(name for row in rows for name in row["params"]))
     columns = ["number", "state", "value", *names, "duration_s", "run_id"]
     if fmt == "csv":
@@ -424,9 +443,10 @@ def log_plots(client: Any, parent_run_id: str, study: Any) -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 figure = draw().figure
-                client.log_figure(parent_run_id, figure, path, save_kwargs={"dpi": 110, "bbox_inches": "tight"})
+                client.log_figure(parent_run_id, figure, path,
+                                  save_kwargs={"dpi": 110, "bbox_inches": "tight"})
             logged.append(path)
-        except Exception as error:  # a plot is a nicety: say why, and go on with the sweep
+        except Exception as error:  # noqa: BLE001 (a plot is a nicety: say why, go on with the sweep)
             first = (str(error).splitlines() or [type(error).__name__])[0][:200]
             _say(f"sweep: plot {name} not logged: {first}")
         finally:
@@ -441,31 +461,35 @@ def _plots(study: Any) -> list[tuple[str, Callable[[], Any]]]:
     from optuna.visualization import matplotlib as vis
 
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if t.intermediate_values]
-    names = {name for t in completed for name in t.params}
+    pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+              if t.intermediate_values]
+    n_params = len({name for t in completed for name in t.params})
     metric = _metric_name(study)
     plots: list[tuple[str, Callable[[], Any]]] = []
     if completed:
-        plots.append(("optimization_history", lambda: vis.plot_optimization_history(study, target_name=metric)))
-        plots.append(("parallel_coordinate", lambda: _wide(vis.plot_parallel_coordinate(
-            study, target_name=metric), len(names))))
-    if len(completed) >= 2 and len(names) >= 2:
+        plots += [
+            ("optimization_history", lambda: vis.plot_optimization_history(study, target_name=metric)),
+            ("parallel_coordinate",
+             lambda: _wide(vis.plot_parallel_coordinate(study, target_name=metric), n_params)),
+        ]
+    if len(completed) >= 2 and n_params >= 2:  # importances compare params over several trials
         evaluator = FanovaImportanceEvaluator(seed=0)
         plots.append(("param_importances", lambda: vis.plot_param_importances(
             study, evaluator=evaluator, target_name=metric)))
     if pruned:
-        plots.append(("intermediate_values_pruned", lambda: _titled(
-            vis.plot_intermediate_values(_view(study, pruned)), f"Pruned trials: {metric} while the ensembles grew")))
+        title = f"Pruned trials: {metric} while their ensembles grew"
+        plots.append(("intermediate_values_pruned",
+                      lambda: _titled(vis.plot_intermediate_values(_view(study, pruned)), title)))
     return plots
 
 
 def _metric_name(study: Any) -> str:
-    """The metric the study maximizes, from the search space it was started with."""
-    import yaml
+    """The metric the study maximizes, from the search space it remembers."""
+    import studies
 
     try:
-        return str(yaml.safe_load(study.user_attrs.get("sweep.config", "")).get("metric") or "Objective Value")
-    except Exception:  # an older or hand-made study: Optuna's own label
+        return studies.study_config(study).metric
+    except Exception:  # noqa: BLE001 (a study not started by `sweep run`: Optuna's own label)
         return "Objective Value"
 
 

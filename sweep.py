@@ -155,12 +155,15 @@ def best_export(study: Any) -> dict:
 
 
 def finalize(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str) -> dict:
-    """Log the results on the parent run and promote the best model once per best trial."""
+    """Repair the child runs MLflow missed, log the results on the parent run, and promote the
+    best model once per best trial."""
     from objective import build_model, scorer_for
 
     config, data = prepared.config, prepared.dataset
     best = best_export(study)
-    tracker.sync_trials(study, config, parent_run_id, only_running=True)
+    repaired = tracker.sync_trials(study, config, parent_run_id)
+    if repaired:
+        _say(f"repaired {repaired} child runs that were left running or that MLflow had missed.")
     tracker.log_results(parent_run_id, config.metric, best, study.trials_dataframe())
     reports.log_plots(tracker.client, parent_run_id, study)
     if study.user_attrs.get("sweep.promoted_trial") == best["trial"]:
@@ -200,7 +203,7 @@ def _run_sweep(args: argparse.Namespace, prepared: Prepared, workers: list) -> i
     from tracking import Tracker
 
     config = prepared.config
-    tracker = Tracker(tracking_uri(args))
+    tracker = Tracker(tracking_uri(args), record_trials=True)
     tracker.check_reachable()
     study = studies.open_study(config, studies.open_storage(storage_spec(args)), prepared.dataset.digest)
     parent_run_id = tracker.parent_run(config, study.user_attrs.get("sweep.parent_run_id"))
@@ -213,14 +216,14 @@ def _run_sweep(args: argparse.Namespace, prepared: Prepared, workers: list) -> i
             runner.stop_workers(workers)
         except runner.Interrupted as interrupt:
             runner.stop_workers(workers, interrupt.signum)
-            _close_runs(recorder, study)
-            return _after_interrupt(args, study, prepared, tracker, parent_run_id, interrupt)
+            unlogged = _close_runs(recorder, study)
+            return _after_interrupt(args, study, prepared, tracker, parent_run_id, interrupt, unlogged)
         except runner.BudgetExceeded as error:
             runner.stop_workers(workers, signal_term())
-            _close_runs(recorder, study)
-            tracker.finish_parent(parent_run_id, "FAILED")
+            _report_unlogged(_close_runs(recorder, study))
+            _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
             raise SweepFailed(str(error)) from None
-        _close_runs(recorder, study)
+        _close_runs(recorder, study)  # what it missed, finalize repairs
         _say(f"study {config.study_name!r}: {ran} trials ran now, {runner.counts(study)[0]} of"
              f" {config.n_trials} counted.")
         best = _finalize_once(study, prepared, tracker, parent_run_id, "FINISHED")
@@ -246,39 +249,54 @@ def _forked_worker(args: argparse.Namespace, prepared: Prepared) -> None:
     os._exit(_guarded(work, args.debug))
 
 
-def _close_runs(recorder: Any, study: Any) -> None:
-    """Close the child runs of interrupted trials and wait for the queued MLflow writes."""
+def _close_runs(recorder: Any, study: Any) -> list[int]:
+    """Close the child runs of interrupted trials, wait for the queued MLflow writes; return the
+    numbers of the trials that could not be logged."""
     recorder.close_unfinished(study)
-    unlogged = recorder.flush()
+    return recorder.flush()
+
+
+def _report_unlogged(unlogged: list[int]) -> None:
     if unlogged:
-        _say(f"sweep: {len(unlogged)} trials could not be logged to MLflow (trials {_numbers(unlogged)});"
-             " they are safe in the Optuna storage: run `sweep sync` once the tracking store is back.")
-
-
-def _numbers(numbers: list[int]) -> str:
-    return ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
+        _say(f"sweep: {len(unlogged)} trials could not be logged to MLflow; they are safe in the Optuna"
+             " storage: run `sweep sync` once the tracking store is back.")
 
 
 def _finalize_once(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str, status: str) -> dict:
-    """finalize, then end the parent run with `status`, or FAILED if finalize failed."""
+    """finalize, then end the parent run with `status` (FAILED if finalize failed)."""
     try:
         best = finalize(study, prepared, tracker, parent_run_id)
-    except BaseException:
-        tracker.finish_parent(parent_run_id, "FAILED")
+    except (SweepFailed, KeyboardInterrupt):
+        _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
         raise
+    except Exception as error:  # MLflow's and the network's many types: the store failed us
+        _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
+        first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        raise SweepFailed(
+            f"the tracking store failed while finishing the sweep ({type(error).__name__}: {first}); the"
+            " trials are safe in the Optuna storage: once the store is back, run `sweep sync`, then"
+            " the same `sweep run` to promote.") from error
     tracker.finish_parent(parent_run_id, status)
     return best
 
 
+def _finish_parent_if_possible(tracker: Any, parent_run_id: str, status: str) -> None:
+    try:
+        tracker.finish_parent(parent_run_id, status)
+    except Exception:  # the store is down: the parent stays RUNNING until the next run or sync
+        pass
+
+
 def _after_interrupt(args: argparse.Namespace, study: Any, prepared: Prepared, tracker: Any,
-                     parent_run_id: str, interrupt: Any) -> int:
+                     parent_run_id: str, interrupt: Any, unlogged: list[int]) -> int:
     """Export and (unless told not to) promote the best so far; exit 130 (SIGINT) or 143 (SIGTERM)."""
     import runner
 
     _say(f"sweep: interrupted by {interrupt}; {runner.counts(study)[0]} of {prepared.config.n_trials}"
          " trials counted. Run the same command again to resume.")
     if args.no_promote_on_interrupt or not _has_completed_trial(study):
-        tracker.finish_parent(parent_run_id, "KILLED")
+        _report_unlogged(unlogged)
+        _finish_parent_if_possible(tracker, parent_run_id, "KILLED")
     else:
         best = _finalize_once(study, prepared, tracker, parent_run_id, "KILLED")
         _emit(json.dumps(best, indent=2, default=str), args.output)
@@ -320,19 +338,19 @@ def _work_on_study(args: argparse.Namespace, study: Any, prepared: Prepared) -> 
     import runner
     from tracking import Tracker
 
-    tracker = Tracker(tracking_uri(args))
+    tracker = Tracker(tracking_uri(args), record_trials=True)
     tracker.check_reachable()
     recorder = tracker.recorder(study.user_attrs["sweep.parent_run_id"], prepared.config)
     with runner.interrupts():
         try:
             ran = run_trials(study, prepared, recorder, args, wait_for_workers=False)
         except runner.Interrupted as interrupt:
-            _close_runs(recorder, study)
+            _report_unlogged(_close_runs(recorder, study))
             return interrupt.exit_code
         except runner.BudgetExceeded as error:
-            _close_runs(recorder, study)
+            _report_unlogged(_close_runs(recorder, study))
             raise SweepFailed(str(error)) from None
-        _close_runs(recorder, study)
+        _report_unlogged(_close_runs(recorder, study))
     if not args.quiet:
         _say(f"worker: {ran} trials ran in study {study.study_name!r}.")
     return 0

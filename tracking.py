@@ -44,7 +44,8 @@ class Promotion:
 class Tracker:
     """The sweep's view in one MLflow tracking store."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, record_trials: bool = False) -> None:
+        """`record_trials` forks the child-run logger first, before the client opens the store."""
         from mlflow import MlflowClient
 
         # stdout is for data; against a server MLflow would print run links there, at the cost of
@@ -55,6 +56,7 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = tracking_uri
+        self._recorder = TrialRecorder(tracking_uri) if record_trials else None
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def check_reachable(self) -> None:
@@ -66,6 +68,8 @@ class Tracker:
         except Exception as error:  # MLflow wraps network and database errors in many types
             first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
             raise ConfigError([f"tracking URI {mask_uri(self.uri)}: cannot be used: {first}"]) from None
+        if self._recorder is not None:
+            self._recorder.warm_up()
 
     def _check_health(self) -> None:
         """One quick probe: MLflow's own client would retry an absent server for minutes."""
@@ -123,7 +127,7 @@ class Tracker:
 
     def recorder(self, parent_run_id: str, config: SweepConfig) -> TrialRecorder:
         experiment_id = self.client.get_run(parent_run_id).info.experiment_id
-        return TrialRecorder(self.client, experiment_id, parent_run_id, config)
+        return self._recorder.bind(experiment_id, parent_run_id, config)
 
     def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any) -> None:
         """Best params (YAML and JSON), the trials table and the best-so-far curve on the parent."""
@@ -140,28 +144,26 @@ class Tracker:
         for start in range(0, len(history), 1000):  # MLflow takes at most 1000 metrics a batch
             self.client.log_batch(parent_run_id, metrics=history[start:start + 1000])
 
-    def sync_trials(self, study: Any, config: SweepConfig, parent_run_id: str, only_running: bool = False) -> int:
+    def sync_trials(self, study: Any, config: SweepConfig, parent_run_id: str) -> int:
         """Make every finished trial's child run match the Optuna storage; return how many changed.
 
-        With `only_running`, just the runs left RUNNING (a dead worker's, an interrupted one's).
+        It writes only what a run lacks: a run left RUNNING by a dead or interrupted worker, a run
+        a tracking outage missed. One search per 1000 runs when nothing is missing.
         """
         experiment_id = self.client.get_run(parent_run_id).info.experiment_id
-        runs = self.child_runs(experiment_id, parent_run_id, "RUNNING" if only_running else None)
+        runs = self.child_runs(experiment_id, parent_run_id)
         changed = 0
         for trial in study.get_trials(deepcopy=False):
             run = runs.get(trial.number)
             if trial.state.name == "RUNNING" or trial.user_attrs.get("sweep.surplus"):
                 continue
-            if only_running and run is None:
-                continue
             record = trial_record(trial, config, study.study_name, parent_run_id)
             changed += write_record(self.client, experiment_id, record, RunState.of(run) if run else None)[1]
         return changed
 
-    def child_runs(self, experiment_id: str, parent_run_id: str, status: str | None = None) -> dict[int, Any]:
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> dict[int, Any]:
         """The parent's child runs by trial number."""
         query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
-        query += f" and attributes.status = '{status}'" if status else ""
         runs, token = {}, None
         while True:
             page = self.client.search_runs([experiment_id], query, max_results=1000, page_token=token)
@@ -321,74 +323,136 @@ def write_record(client: Any, experiment_id: str, record: TrialRecord,
 
 
 class TrialRecorder:
-    """Writes child runs from a background thread, so MLflow never sits on a trial's critical path.
+    """Writes child runs from a separate logger process, so MLflow never sits on a trial's path.
 
-    A trial's run is opened (RUNNING) when the trial starts and completed, in one batch, when it
-    ends; a failing store is retried with backoff, and what still fails is kept for `sweep sync`.
+    A process, not a thread: MLflow's client spends tens of ms of Python per request (SQLAlchemy),
+    which a thread would take from the fitting through the GIL. A trial's run is opened (RUNNING)
+    when the trial starts and completed, in one batch, when it ends; a failing store is retried
+    with backoff, and what still fails is reported for `sweep sync`.
     """
 
-    def __init__(self, client: Any, experiment_id: str, parent_run_id: str, config: SweepConfig) -> None:
-        import queue
-        import threading
+    def __init__(self, tracking_uri: str) -> None:
+        """Fork the logger; do it before this process opens the store, so no connection is shared."""
+        import multiprocessing
 
-        self.client, self.experiment_id = client, experiment_id
-        self.parent_run_id, self.config = parent_run_id, config
-        self.unlogged: list[int] = []
-        self._runs: dict[int, Any] = {}  # trial number -> Future of its RunState
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="sweep-mlflow", daemon=True)
-        self._thread.start()
+        context = multiprocessing.get_context("fork")  # starts at once, with mlflow imported
+        self._requests, self._replies = context.Queue(), context.Queue()
+        self._process = context.Process(target=_log_runs, name="sweep-mlflow-logger", daemon=True,
+                                        args=(tracking_uri, self._requests, self._replies))
+        self._process.start()
+        self.experiment_id, self.parent_run_id, self.config = "", "", None
+        self._open: set[int] = set()
+        self._run_ids: dict[int, str] = {}
 
-    def open_trial(self, trial: Any) -> Any:
-        """Queue the creation of the trial's RUNNING child run; return a Future of its RunState."""
-        from concurrent.futures import Future
+    def bind(self, experiment_id: str, parent_run_id: str, config: SweepConfig) -> TrialRecorder:
+        """Say which sweep the trials belong to; the logger opens the store now, before trial 0."""
+        self.experiment_id, self.parent_run_id, self.config = experiment_id, parent_run_id, config
+        return self
 
-        future: Future = Future()
-        self._runs[trial.number] = future
+    def warm_up(self, experiment_id: str = "0") -> None:
+        """Have the logger open the store now (it takes a second), not on trial 0's record."""
+        self._requests.put((experiment_id, None))
+
+    def open_trial(self, trial: Any) -> None:
+        """Queue the creation of the trial's RUNNING child run."""
         tags = _run_tags(trial.number, "RUNNING", self.config.study_name, self.parent_run_id)
         record = TrialRecord(trial.number, "RUNNING", {}, [], tags, _ms(trial.datetime_start), None)
-        self._queue.put((self._create, record, future))
-        return future
+        self._requests.put((self.experiment_id, record))
+        self._open.add(trial.number)
+
+    def run_id(self, number: int, wait_s: float) -> str | None:
+        """The child run id of an opened trial, once the logger has created it (None after wait_s)."""
+        import queue
+
+        deadline = time.monotonic() + wait_s
+        while number not in self._run_ids:
+            try:
+                kind, *reply = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            self._run_ids.update([reply] if kind == "run" else [])
+        return self._run_ids.pop(number)
 
     def close_trial(self, trial: Any, error: str | None = None) -> None:
         """Queue the finished trial's params, metrics and status (an Optuna callback calls this)."""
         record = trial_record(trial, self.config, self.config.study_name, self.parent_run_id, error)
-        self._queue.put((self._complete, record, self._runs.pop(trial.number, None)))
+        self._requests.put((self.experiment_id, record))
+        self._open.discard(trial.number)
 
     def close_unfinished(self, study: Any) -> None:
         """Close the runs of trials that ended without Optuna's callbacks (an interrupt)."""
         trials = study.get_trials(deepcopy=False)
-        for number in list(self._runs):
+        for number in sorted(self._open):
             self.close_trial(trials[number])
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> list[int]:
         """Wait for the queued writes; return the numbers of the trials that could not be logged."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self.unlogged += [record.number for _, record, _ in list(self._queue.queue)[:-1]]
-        return sorted(set(self.unlogged))
+        import queue
 
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            action, record, future = item
+        self._requests.put(None)
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                _with_retries(lambda: action(record, future))
-            except Exception as error:  # the store stayed unusable: the trial waits for `sweep sync`
-                self.unlogged.append(record.number)
-                if future is not None and not future.done():
-                    future.set_exception(error)
-
-    def _create(self, record: TrialRecord, future: Any) -> None:
-        run_id, _ = write_record(self.client, self.experiment_id, record)
-        future.set_result(RunState(run_id, {}, frozenset(), dict(record.tags), "RUNNING"))
-
-    def _complete(self, record: TrialRecord, future: Any) -> None:
-        opened = future.result() if future is not None and future.done() and not future.exception() else None
-        write_record(self.client, self.experiment_id, record, opened)
+                kind, *reply = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:  # the logger is stuck on a store that does not answer
+                self._process.kill()
+                return [-1]
+            if kind == "unlogged":
+                self._process.join()
+                return reply[0]
 
 
-def _with_retries(action: Any, attempts: int = 4, first_wait_s: float = 0.5) -> Any:
+def _log_runs(tracking_uri: str, requests: Any, replies: Any) -> None:
+    """The logger process: write each queued record, in order, until the None at the end."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it flushes us
+    client = None  # made on the first record: by then the sweep has created the store's tables
+    opened: dict[int, RunState] = {}
+    unlogged: set[int] = set()
+    down_until = 0.0  # after a record failed all its retries, skip the store until then
+    while (item := _next_request(requests)) is not None:
+        experiment_id, record = item
+        client = client or MlflowClient(tracking_uri)
+        if record is None:  # warm-up: open the store while the sweep opens its study
+            client.search_experiments(max_results=1)
+            continue
+        try:
+            run = opened.pop(record.number, None)
+            if time.monotonic() < down_until:
+                raise ConnectionError("the tracking store is down")
+            run_id, _ = _with_retries(lambda: write_record(client, experiment_id, record, run))
+        except Exception:  # the store stayed unusable: the trial waits for a repair or `sweep sync`
+            unlogged.add(record.number)
+            down_until = max(down_until, time.monotonic() + STORE_DOWN_PAUSE_S)
+            continue
+        unlogged.discard(record.number)
+        if record.status == "RUNNING":
+            opened[record.number] = RunState(run_id, {}, frozenset(), dict(record.tags), "RUNNING")
+            replies.put(("run", record.number, run_id))
+    replies.put(("unlogged", sorted(unlogged)))
+
+
+def _next_request(requests: Any) -> Any:
+    """The next queued request; None when the sweep ends, or when it died (kill -9) and left us."""
+    import queue
+
+    parent = os.getppid()
+    while True:
+        try:
+            return requests.get(timeout=1)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
+
+
+RETRIES = 4  # attempts per record, 0.5 s, 2 s and 8 s apart
+STORE_DOWN_PAUSE_S = 30  # then records are kept for the repair, unsent, for this long
+
+
+def _with_retries(action: Any, attempts: int = RETRIES, first_wait_s: float = 0.5) -> Any:
     for attempt in range(attempts):
         try:
             return action()

@@ -52,7 +52,9 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One small sweep of 4 trials on sqlite stores, which the tests here only read."""
     folder = tmp_path_factory.mktemp("swept")
     stores = {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "storage": str(folder / "optuna.journal")}
-    return {**stores, "study": run_small_sweep(folder, stores)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # a new sqlite store puts its artifacts under ./mlruns
+        return {**stores, "study": run_small_sweep(folder, stores)}
 
 
 @pytest.fixture
