@@ -374,7 +374,12 @@ class TrialRecorder:
         return self._run_ids.pop(number)
 
     def close_trial(self, trial: Any, error: str | None = None) -> None:
-        """Queue the finished trial's params, metrics and status (an Optuna callback calls this)."""
+        """Queue the finished trial's params, metrics and status (an Optuna callback calls this).
+
+        A trial that opened no run (a surplus one, refused a slot) gets none.
+        """
+        if trial.number not in self._open:
+            return
         record = trial_record(trial, self.config, self.config.study_name, self.parent_run_id, error)
         self._requests.put((self.experiment_id, record))
         self._open.discard(trial.number)
