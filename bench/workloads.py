@@ -1,0 +1,292 @@
+"""The bench's child processes other than `sweep run`: the floor, the two usual alternatives, the
+one-off costs, the calibration of a ~1 s trial, and TPE's own cost replayed for the flatness study.
+
+Run as `python bench/workloads.py NAME SPEC.json RESULT.json`: each workload reads the same search
+space file as `sweep run`, and writes what it measured (epoch times, scores) as JSON for bench.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STARTED = time.time()  # before the heavy imports: the child's own start, like `sweep run`'s
+
+
+def _load(spec: dict) -> tuple[Any, Any]:
+    """The config and data exactly as `sweep run` loads them (same holdout split, same rows)."""
+    import dataset
+    import search_space
+
+    config = search_space.load(spec["space"])
+    return config, dataset.load(config.data, config.is_classifier, config.cv, config.seed)
+
+
+def _splitter(config: Any) -> Any:
+    """The folds objective.prepare_folds makes, as a splitter object the usual tools take."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter = StratifiedKFold if config.is_classifier else KFold
+    return splitter(n_splits=config.cv, shuffle=True, random_state=config.seed)
+
+
+# ---------------------------------------------------------------- (a) the bare floor
+
+def floor(spec: dict) -> dict:
+    """The given param sets, fitted and cross-validated by objective.evaluate: no Optuna, no MLflow."""
+    from objective import build_estimator, evaluate, prepare_folds, scorer_for, size_param
+
+    config, data = _load(spec)
+    folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
+    scorer, size = scorer_for(config), size_param(config.estimator)
+    loop_start, done, scores, fit_s = time.time(), [], [], []
+    for params in spec["params"]:
+        result = evaluate(build_estimator(config, params), folds, scorer, None, size)
+        done.append(time.time())
+        scores.append(result.score)
+        fit_s.append(result.fit_time_s)
+    return {"loop_start": loop_start, "done": done, "scores": scores, "fit_s": fit_s}
+
+
+def calibrate(spec: dict) -> dict:
+    """Seconds per tree of one trial (all folds) at the middle of the space: sizes a ~1 s trial."""
+    from objective import build_estimator, evaluate, prepare_folds, scorer_for, size_param
+
+    config, data = _load(spec)
+    folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
+    params = {p.name: _middle(p.distribution) for p in config.params}
+    trees = build_estimator(config, params).get_params()[size_param(config.estimator)]
+    timings = [evaluate(build_estimator(config, params), folds, scorer_for(config)).fit_time_s
+               for _ in range(3)]
+    return {"s_per_tree": min(timings) / trees}
+
+
+def _middle(distribution: Any) -> Any:
+    if hasattr(distribution, "choices"):
+        return distribution.choices[0]
+    if distribution.log:
+        middle = math.sqrt(distribution.low * distribution.high)
+    else:
+        middle = (distribution.low + distribution.high) / 2
+    return round(middle) if isinstance(distribution.low, int) else middle
+
+
+def fixed_costs(spec: dict) -> dict:
+    """What every variant pays once, whatever its trials: imports, and a new sqlite tracking store
+    (MLflow runs its schema migrations on a fresh mlflow.db; a second sweep in the folder does not)."""
+    import importlib
+
+    seconds = {}
+    for module in ("pandas", "sklearn.ensemble", "optuna", "mlflow"):  # each on top of the ones before
+        started = time.perf_counter()
+        importlib.import_module(module)
+        seconds[f"import {module}"] = time.perf_counter() - started
+    import mlflow
+    for name in ("new mlflow.db", "existing mlflow.db"):
+        started = time.perf_counter()
+        mlflow.MlflowClient(spec["tracking_uri"]).search_experiments(max_results=1)
+        seconds[name] = time.perf_counter() - started
+    return {"seconds": seconds}
+
+
+# ---------------------------------------------------------------- (c) the usual glue
+
+# What MLflow 3.17's own error asks for when a GradientBoosting model is saved in its default
+# (skops) format; a script copies it from the message.
+GLUE_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
+
+def glue(spec: dict) -> dict:
+    """Optuna + MLflow as most scripts write them: the fluent API, a nested run and a logged model per
+    trial."""
+    import mlflow
+    import mlflow.sklearn
+    import optuna
+    from sklearn.model_selection import cross_val_score
+
+    from objective import build_estimator
+    from search_space import suggest
+
+    config, data = _load(spec)
+    splitter = _splitter(config)
+    mlflow.set_tracking_uri(spec["tracking_uri"])
+    mlflow.set_experiment(config.experiment)
+    study = optuna.create_study(study_name=config.study_name, storage=spec["storage"], direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=config.seed))
+
+    def objective(trial: Any) -> float:
+        params = suggest(config, trial)  # the suggest_* calls a script writes out by hand
+        with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}"):
+            model = build_estimator(config, params)
+            scores = cross_val_score(model, data.X_train, data.y_train, cv=splitter, scoring=config.metric)
+            mlflow.log_params(params)
+            mlflow.log_metric(config.metric, float(scores.mean()))
+            model.fit(data.X_train, data.y_train)  # something to log: scripts refit on the training part
+            mlflow.sklearn.log_model(model, name="model", skops_trusted_types=GLUE_TRUSTED_TYPES)
+        return float(scores.mean())
+
+    with mlflow.start_run(run_name=config.study_name):
+        study.optimize(objective, n_trials=config.n_trials)
+    return {}
+
+
+# ---------------------------------------------------------------- (d) RandomizedSearchCV + autolog
+
+class LogUniformInt:
+    """An integer distribution, uniform in log space: scipy.stats has none, and RandomizedSearchCV only
+    needs `rvs(random_state=...)`."""
+
+    def __init__(self, low: int, high: int) -> None:
+        from scipy.stats import loguniform
+
+        self.low, self.high, self.continuous = low, high, loguniform(low, high + 1)
+
+    def rvs(self, random_state: Any = None) -> int:
+        return min(self.high, int(self.continuous.rvs(random_state=random_state)))
+
+
+def distributions(config: Any) -> dict[str, Any]:
+    """The search space as scipy.stats distributions and lists, the way RandomizedSearchCV takes it."""
+    from optuna.distributions import IntDistribution
+    from scipy.stats import loguniform, randint, uniform
+
+    space = {}
+    for param in config.params:
+        d = param.distribution
+        if param.when:
+            raise SystemExit(f"bench: RandomizedSearchCV has no conditional params ({param.name}).")
+        if hasattr(d, "choices"):
+            space[param.name] = list(d.choices)
+        elif d.step is not None and not (isinstance(d, IntDistribution) and d.step == 1):
+            space[param.name] = _stepped(d)
+        elif isinstance(d, IntDistribution):
+            space[param.name] = LogUniformInt(d.low, d.high) if d.log else randint(d.low, d.high + 1)
+        else:
+            space[param.name] = loguniform(d.low, d.high) if d.log else uniform(d.low, d.high - d.low)
+    return space
+
+
+def _stepped(distribution: Any) -> list:
+    """The values of a stepped range, as Optuna samples them (rounded, so 0.5 + 3 * 0.1 is 0.8)."""
+    d = distribution
+    count = round((d.high - d.low) / d.step) + 1
+    values = [d.low + i * d.step for i in range(count)]
+    return values if isinstance(d.low, int) else [min(d.high, round(v, 12)) for v in values]
+
+
+def rscv(spec: dict) -> dict:
+    """RandomizedSearchCV with mlflow.sklearn.autolog(), as its docs show: same folds, budget and space."""
+    import mlflow
+    import mlflow.sklearn
+    from sklearn.model_selection import RandomizedSearchCV
+
+    from objective import build_estimator
+
+    config, data = _load(spec)
+    mlflow.set_tracking_uri(spec["tracking_uri"])
+    mlflow.set_experiment(config.experiment)
+    mlflow.sklearn.autolog()
+    search = RandomizedSearchCV(build_estimator(config, {}), distributions(config), n_iter=config.n_trials,
+                                scoring=config.metric, cv=_splitter(config), random_state=config.seed)
+    search_start = time.time()
+    search.fit(data.X_train, data.y_train)
+    results = search.cv_results_
+    return {"search_start": search_start, "search_end": time.time(), "best": float(search.best_score_),
+            "n_splits": config.cv, "refit_s": float(search.refit_time_),
+            "fit_s": results["mean_fit_time"].tolist(), "score_s": results["mean_score_time"].tolist(),
+            "values": results["mean_test_score"].tolist()}
+
+
+# ---------------------------------------------------------------- sweep, instrumented
+
+def sweep_main(spec: dict) -> dict:
+    """`sweep run` in this process (what the console script runs: sweep.main), with two timers the study
+    cannot show: the objective's wait for its MLflow child run id (objective._link_run) and the
+    sampler's time per trial (around what studies.make_sampler returns). Each is skipped if that
+    function is gone from the sweep code."""
+    import objective
+    import studies
+    import sweep
+
+    waits: dict[str, float] = {}
+    link = getattr(objective, "_link_run", None)
+
+    def timed_link(trial: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return link(trial, *args, **kwargs)
+        finally:
+            waits[str(trial.number)] = time.perf_counter() - started
+
+    if link is not None:
+        objective._link_run = timed_link
+    sampler = TimedSampler(None)
+    make_sampler = getattr(studies, "make_sampler", None)
+    if make_sampler is not None:
+        studies.make_sampler = lambda config: sampler.wrap(make_sampler(config))
+    code = sweep.main(spec["argv"])
+    if code != 0:
+        raise SystemExit(code)
+    # sweep's console script (sweep.cli, where it exists) skips the interpreter's teardown: so does this one.
+    return {"skip_teardown": hasattr(sweep, "cli"), "link_wait_s": waits if link is not None else None,
+            "sampler_s": sampler.seconds if make_sampler is not None else None}
+
+
+class TimedSampler:
+    """Delegates to the sweep's sampler and adds up its time per trial number: TPE's cost grows with the
+    trials by design, the runner's should not, so the two are told apart."""
+
+    TIMED = ("before_trial", "infer_relative_search_space", "sample_relative", "sample_independent",
+             "after_trial")
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.seconds = inner, {}
+
+    def wrap(self, inner: Any) -> TimedSampler:
+        self.inner = inner
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in self.TIMED:
+            return method
+
+        def timed(study: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(study, trial, *args, **kwargs)
+            finally:
+                spent = time.perf_counter() - started
+                self.seconds[str(trial.number)] = self.seconds.get(str(trial.number), 0.0) + spent
+
+        return timed
+
+
+WORKLOADS: dict[str, Callable[[dict], dict]] = {
+    "floor": floor, "calibrate": calibrate, "fixed": fixed_costs, "glue": glue, "rscv": rscv,
+    "sweep": sweep_main,
+}
+
+
+def main(argv: list[str]) -> int:
+    name, spec_path, result_path = argv
+    warnings.filterwarnings("ignore")  # the libraries' warnings would bury the bench's own lines
+    spec = json.loads(Path(spec_path).read_text())
+    result = WORKLOADS[name](spec)
+    Path(result_path).write_text(json.dumps({"started": STARTED, **result}))
+    if result.get("skip_teardown"):  # as sweep's console script does: its stores are closed by now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
