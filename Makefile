@@ -30,3 +30,4 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/scaling.py   # workers on PostgreSQL vs the journal file (needs the local PostgreSQL)
