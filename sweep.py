@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +184,6 @@ def finalize(study: Any, prepared: Prepared, tracker: Any, parent_run_id: str) -
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, open both stores, run the trials (here and in workers), then finalize once."""
-    import signal
-
     import runner
 
     prepared = prepare(args)
@@ -219,7 +218,7 @@ def _run_sweep(args: argparse.Namespace, prepared: Prepared, workers: list) -> i
             unlogged = _close_runs(recorder, study)
             return _after_interrupt(args, study, prepared, tracker, parent_run_id, interrupt, unlogged)
         except runner.BudgetExceeded as error:
-            runner.stop_workers(workers, signal_term())
+            runner.stop_workers(workers, signal.SIGTERM)
             _report_unlogged(_close_runs(recorder, study))
             _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
             raise SweepFailed(str(error)) from None
@@ -230,12 +229,6 @@ def _run_sweep(args: argparse.Namespace, prepared: Prepared, workers: list) -> i
     _say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
     _emit(json.dumps(best, indent=2, default=str), args.output)
     return 0
-
-
-def signal_term() -> int:
-    import signal
-
-    return signal.SIGTERM
 
 
 def _forked_worker(args: argparse.Namespace, prepared: Prepared) -> None:
