@@ -95,7 +95,7 @@ def _with_retries(open_rdb: Any, attempts: int = 5) -> Any:
     for attempt in range(attempts):
         try:
             return open_rdb()
-        except sqlalchemy.exc.IntegrityError:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):  # duplicate key or table
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))

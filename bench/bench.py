@@ -272,10 +272,19 @@ def parallel_runs(root: Path, size: Size) -> dict[str, Any]:
                          "wall_tpm": len(trials) / run.timed.wall_s * 60,
                          "fit_s": statistics.mean(t.fit_s for t in trials), "load": m.load_avg(),
                          "cores": run.timed.cpu_s / run.timed.wall_s,  # what the run really got
-                         "running": sum(t.end - t.start for t in trials) / (end - start)}  # trials at once
+                         "running": sum(t.end - t.start for t in trials) / (end - start),  # trials at once
+                         "late_s": worker_lag(trials)}
         if jobs == 1:
             figures["ceiling"] = parallel_ceiling(root, space, trials[:PARALLEL_PROBE])
     return figures
+
+
+def worker_lag(trials: list[TrialTime]) -> float:
+    """How long after the first worker's first trial the last worker started its first one."""
+    firsts = {}
+    for trial in sorted(trials, key=lambda t: t.start):
+        firsts.setdefault(trial.worker, trial.start)
+    return max(firsts.values()) - min(firsts.values())
 
 
 def parallel_ceiling(root: Path, space: Path, trials: list[TrialTime]) -> float:

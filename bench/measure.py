@@ -157,6 +157,7 @@ class TrialTime:
     value: float | None
     fit_s: float | None  # user attr sweep.fit_time_s (our sweep only)
     params: dict
+    worker: str = ""  # user attr sweep.worker (our sweep only): which process ran it
 
 
 def study_trials(storage: str, study_name: str) -> list[TrialTime]:
@@ -169,7 +170,8 @@ def study_trials(storage: str, study_name: str) -> list[TrialTime]:
     study = optuna.load_study(study_name=study_name, storage=opened)
     return [TrialTime(t.number, t.state.name, t.datetime_start.timestamp(),
                       t.datetime_complete.timestamp() if t.datetime_complete else None,
-                      t.value, t.user_attrs.get("sweep.fit_time_s"), dict(t.params))
+                      t.value, t.user_attrs.get("sweep.fit_time_s"), dict(t.params),
+                      t.user_attrs.get("sweep.worker", ""))
             for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
 
 

@@ -98,6 +98,8 @@ def print_parallel(parallel: dict, size: Any) -> None:
     detail(f"{two['loop_tpm']:.1f} vs {one['loop_tpm']:.1f} trials/min; {wall_speedup:.2f}x over the whole"
            f" command; {parallel['trees']} trees, mean fit {one['fit_s']:.2f} s (1 job),"
            f" {two['fit_s']:.2f} s (2 jobs)")
+    detail(f"the second worker's first trial started {two['late_s']:.2f} s after the first worker's;"
+           " the loop runs from the first trial's start to the last one's end")
     detail(f"trials running at once, on average: {one['running']:.2f} (1 job), {two['running']:.2f} (2 jobs);"
            f" cores used (CPU/wall): {one['cores']:.2f}, {two['cores']:.2f}")
     ceiling = parallel["ceiling"]

@@ -103,4 +103,4 @@ def test_a_worker_killed_mid_trial_is_replaced_and_nothing_is_lost(tmp_path, pg_
     final = check_study_and_runs(storage, mlflow_server, "killed", 10)
     assert final[victim.number].state.name == "FAIL"  # failed by its silent heartbeat
     retried = [t for t in final if t.system_attrs.get("failed_trial") == victim.number]
-    assert retried and retried[0].params == victim.params
+    assert retried and retried[0].params == final[victim.number].params  # the same point, tried again
