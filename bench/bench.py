@@ -274,26 +274,29 @@ def parallel_runs(root: Path, size: Size) -> dict[str, Any]:
                          "cores": run.timed.cpu_s / run.timed.wall_s,  # what the run really got
                          "running": sum(t.end - t.start for t in trials) / (end - start),  # trials at once
                          "late_s": worker_lag(trials)}
-        if jobs == 1:
-            figures["ceiling"] = parallel_ceiling(root, space, trials[:PARALLEL_PROBE])
+        if jobs == 1:  # the machine's share for us changes by the minute: measured right before and after
+            probe_trials = trials[:PARALLEL_PROBE]
+            figures["ceiling"] = [parallel_ceiling(root / "before", space, probe_trials)]
+    figures["ceiling"].append(parallel_ceiling(root / "after", space, probe_trials))
     return figures
 
 
-def worker_lag(trials: list[TrialTime]) -> float:
-    """How long after the first worker's first trial the last worker started its first one."""
-    firsts = {}
+def worker_lag(trials: list[TrialTime]) -> float | None:
+    """How long after the first worker's first trial the last worker started its first one (None: only
+    one worker ran trials)."""
+    firsts: dict[str, float] = {}
     for trial in sorted(trials, key=lambda t: t.start):
         firsts.setdefault(trial.worker, trial.start)
-    return max(firsts.values()) - min(firsts.values())
+    return max(firsts.values()) - min(firsts.values()) if len(firsts) > 1 else None
 
 
 def parallel_ceiling(root: Path, space: Path, trials: list[TrialTime]) -> float:
     """How much faster the machine does two floors' work at once than one after the other, right now: the
     ceiling of any --n-jobs 2 speedup here (2 vCPUs may share a physical core; other jobs share both)."""
-    say(f"--n-jobs ceiling: the floor on {len(trials)} of those param sets, alone, then two at once ...")
-    alone = floor_variant(root / "ceiling-1", space, trials).extra["loop_s"]
+    say(f"--n-jobs ceiling: the floor on {len(trials)} of those param sets alone, then two at once ...")
+    alone = floor_variant(root / "ceiling-alone", space, trials).extra["loop_s"]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        pair = list(pool.map(lambda i: floor_variant(root / f"ceiling-2{i}", space, trials), (0, 1)))
+        pair = list(pool.map(lambda i: floor_variant(root / f"ceiling-pair-{i}", space, trials), (0, 1)))
     return 2 * alone / max(v.extra["loop_s"] for v in pair)
 
 

@@ -98,14 +98,15 @@ def print_parallel(parallel: dict, size: Any) -> None:
     detail(f"{two['loop_tpm']:.1f} vs {one['loop_tpm']:.1f} trials/min; {wall_speedup:.2f}x over the whole"
            f" command; {parallel['trees']} trees, mean fit {one['fit_s']:.2f} s (1 job),"
            f" {two['fit_s']:.2f} s (2 jobs)")
-    detail(f"the second worker's first trial started {two['late_s']:.2f} s after the first worker's;"
-           " the loop runs from the first trial's start to the last one's end")
+    late = two["late_s"]
+    detail("only one worker ran trials" if late is None else
+           f"the second worker's first trial started {late:.2f} s after the first worker's first trial")
     detail(f"trials running at once, on average: {one['running']:.2f} (1 job), {two['running']:.2f} (2 jobs);"
            f" cores used (CPU/wall): {one['cores']:.2f}, {two['cores']:.2f}")
-    ceiling = parallel["ceiling"]
-    detail(f"the machine's own ceiling, measured between the runs: two floors at once did {ceiling:.2f}x"
-           f" the work of one; --n-jobs 2 / that ceiling: {speedup / ceiling:.2f}; load average"
-           f" {one['load']:.1f}, {two['load']:.1f}")
+    before, after = parallel["ceiling"]
+    detail(f"the machine's own ceiling just before and after the 2-job run: two floors at once did"
+           f" {before:.2f}x and {after:.2f}x the work of one alone (2 vCPUs, shared with other jobs);"
+           f" load average {one['load']:.1f}, {two['load']:.1f}")
 
 
 def print_pruning(variants: dict[str, Any], size: Any) -> None:

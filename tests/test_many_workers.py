@@ -94,7 +94,8 @@ def test_a_worker_killed_mid_trial_is_replaced_and_nothing_is_lost(tmp_path, pg_
             running = load(storage).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         except KeyError:
             continue
-        victim = next((t for t in running if f":{worker.pid}:" in t.user_attrs.get("sweep.worker", "")), None)
+        victim = next((t for t in running  # one of the worker's trials, fitting (its params drawn)
+                       if f":{worker.pid}:" in t.user_attrs.get("sweep.worker", "") and t.params), None)
     assert victim is not None, "the worker never ran a trial"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -103,4 +104,4 @@ def test_a_worker_killed_mid_trial_is_replaced_and_nothing_is_lost(tmp_path, pg_
     final = check_study_and_runs(storage, mlflow_server, "killed", 10)
     assert final[victim.number].state.name == "FAIL"  # failed by its silent heartbeat
     retried = [t for t in final if t.system_attrs.get("failed_trial") == victim.number]
-    assert retried and retried[0].params == final[victim.number].params  # the same point, tried again
+    assert retried and retried[0].params == victim.params  # the same point, tried again
