@@ -13,12 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_space import ConfigError, DataConfig
-
-BUNDLED = (
-    "breast_cancer", "wine", "iris", "digits", "diabetes", "make_classification", "make_regression",
-)
-SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "noise")
+from errors import ConfigError, first_line
+from search_space import DataConfig
 
 
 @dataclass(frozen=True)
@@ -53,7 +49,7 @@ def _read(data: DataConfig) -> tuple[Any, Any]:
     if data.dataset:
         frame = _bundled(data.dataset, data.options)
         return frame, frame["target"]
-    frame = _read_file(Path(data.path))
+    frame = _read_file(Path(data.path or ""))  # a path when there is no dataset (checked in the schema)
     problems = [f"data.drop: column {c!r} is not in {data.path}." for c in data.drop if c not in frame]
     if data.target not in frame:
         problems.append(f"data.target: column {data.target!r} is not in {data.path}."
@@ -67,13 +63,10 @@ def _read(data: DataConfig) -> tuple[Any, Any]:
 
 
 def _bundled(name: str, options: dict) -> Any:
+    """A bundled or synthetic dataset as one frame (its options were checked with the config)."""
     import sklearn.datasets as sk
 
     if name.startswith("make_"):
-        unknown = sorted(set(options) - set(SYNTHETIC_OPTIONS))
-        if unknown:
-            raise ConfigError([f"data.options.{k}: is not an option of {name}; known: "
-                               f"{', '.join(SYNTHETIC_OPTIONS)}." for k in unknown])
         kwargs = {"n_samples": 1000, "n_features": 20, "random_state": 0, **options}
         if name == "make_regression":
             kwargs.pop("n_classes", None)
@@ -88,8 +81,6 @@ def _bundled(name: str, options: dict) -> Any:
         frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
         frame["target"] = y
         return frame
-    if options:
-        raise ConfigError([f"data.options: only synthetic datasets take options, not {name}."])
     return getattr(sk, f"load_{name}")(as_frame=True).frame
 
 
@@ -105,8 +96,7 @@ def _read_file(path: Path) -> Any:
     try:
         frame = reader(path)
     except Exception as error:  # pandas raises many types for one cause: the file is unreadable
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError([f"data.path: {str(path)!r} cannot be read: {first}"]) from None
+        raise ConfigError([f"data.path: {str(path)!r} cannot be read: {first_line(error, None)}"]) from None
     if frame.empty:
         raise ConfigError([f"data.path: {str(path)!r} has no rows."])
     return frame

@@ -1,25 +1,24 @@
-"""One trial: sampled params -> estimator -> cross-validated score on the training part, with pruning.
+"""What one trial computes: params -> estimator -> cross-validated score on the training part.
 
-The folds are split (and the preprocessing fitted) once per process: it does not depend on the
-hyperparameters, so a trial only fits the estimator. With a pruner, every fold's ensemble grows
-in chunks of trees (warm start) in lockstep, and the mean fold score is reported after each chunk.
+Pure: no study, no runs, no slots; runner.py wraps it into Optuna's objective. The folds are
+split (and the preprocessing fitted) once per process: it does not depend on the hyperparameters,
+so a trial only fits the estimator. With a pruner, every fold's ensemble grows in chunks of trees
+(warm start) in lockstep, and the mean fold score is reported after each chunk.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from search_space import ConfigError, SweepConfig, estimator_class, suggest
+from errors import ConfigError
+from search_space import SweepConfig, estimator_class
 
 PRUNING_REPORTS = 10  # how many chunks a pruned ensemble is grown in
-# Logged for a conditional param that a trial left unsampled: a run missing a param would drop
-# off the MLflow UI's parallel-coordinates plot.
-INACTIVE = "inactive"
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,6 @@ class Fold:
 class TrialResult:
     score: float  # mean over the folds
     score_std: float
-    fit_time_s: float
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (trees so far, mean score)
 
 
 class TrialFailed(Exception):
@@ -124,26 +121,23 @@ def _refusal(metric: str, y: Any, error: Exception) -> str:
 
 def evaluate(estimator: Any, folds: list[Fold], scorer: Callable,
              report: Callable[[int, float], None] | None = None, size: str = "n_estimators") -> TrialResult:
-    """Cross-validate one estimator; with `report`, grow it in chunks and report after each."""
+    """Cross-validate one estimator; with `report`, grow every fold's ensemble in chunks (warm
+    start, in lockstep) and report the mean fold score after each; `report` may raise to stop."""
     from sklearn.base import clone
 
     models = [clone(estimator) for _ in folds]
     total = estimator.get_params()[size]
     steps = _chunks(total) if report is not None else [total]
-    curve: list[tuple[int, float]] = []
-    started = time.perf_counter()
     for step in steps:
         scores = [_fit_score(model, fold, scorer, {size: step, "warm_start": report is not None})
-                  for model, fold in zip(models, folds)]
+                  for model, fold in zip(models, folds, strict=True)]
         mean = sum(scores) / len(scores)
         if math.isnan(mean):
             raise TrialFailed(f"the score is NaN after {step} trees")
-        curve.append((step, mean))
         if report is not None:
             report(step, mean)  # raises optuna.TrialPruned to stop here
-    fit_time = time.perf_counter() - started
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-    return TrialResult(score=mean, score_std=std, fit_time_s=fit_time, curve=curve)
+    return TrialResult(score=mean, score_std=std)
 
 
 def _fit_score(model: Any, fold: Fold, scorer: Callable, params: dict) -> float:
@@ -155,68 +149,3 @@ def _fit_score(model: Any, fold: Fold, scorer: Callable, params: dict) -> float:
 def _chunks(total: int) -> list[int]:
     chunk = max(1, math.ceil(total / PRUNING_REPORTS))
     return sorted({min(total, n) for n in range(chunk, total + chunk, chunk)})
-
-
-class Objective:
-    """Optuna's objective: claims a slot, opens the child run, fits, and leaves the result on the trial.
-
-    The child run is completed from the finished trial by the recorder (an Optuna callback), so
-    the run says exactly what the storage says.
-    """
-
-    def __init__(self, config: SweepConfig, folds: list[Fold], recorder: Any, worker: str = "") -> None:
-        self.config, self.folds, self.recorder, self.worker = config, folds, recorder, worker
-        self.scorer = scorer_for(config)
-        self.size = size_param(config.estimator)
-        self.pruning = config.pruner != "none"
-
-    def __call__(self, trial: Any) -> float:
-        import optuna
-
-        from runner import has_slot
-
-        trial.set_user_attr("sweep.worker", self.worker)
-        if not has_slot(trial.study, self.config.n_trials, trial):
-            trial.set_user_attr("sweep.surplus", True)
-            trial.study.stop()
-            raise TrialFailed("surplus: other workers' trials already fill the study's total")
-        params = suggest(self.config, trial)
-        self.recorder.open_trial(trial)
-        started = time.perf_counter()
-        try:
-            result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
-                              self._reporter(trial) if self.pruning else None, self.size)
-        except optuna.TrialPruned:
-            raise
-        except Exception as error:
-            message = f"{type(error).__name__}: {error}"
-            trial.set_user_attr("sweep.error", message[:1000])
-            raise TrialFailed(message) from error
-        except KeyboardInterrupt as interrupt:
-            trial.set_user_attr("sweep.error", f"interrupted ({interrupt})")
-            raise
-        finally:
-            trial.set_user_attr("sweep.fit_time_s", time.perf_counter() - started)
-            _link_run(trial, self.recorder)
-        trial.set_user_attr("sweep.score_std", result.score_std)
-        return result.score
-
-    def _reporter(self, trial: Any) -> Callable[[int, float], None]:
-        def report(step: int, value: float) -> None:
-            import optuna
-
-            trial.report(value, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after {step} trees")
-
-        return report
-
-
-RUN_LINK_WAIT_S = 2  # the run is created while the trial fits; wait this long at most for its id
-
-
-def _link_run(trial: Any, recorder: Any) -> None:
-    """Keep the child run id on the trial (when the store answered), for the UI links and sync."""
-    run_id = recorder.run_id(trial.number, RUN_LINK_WAIT_S)
-    if run_id is not None:  # else the store is down or slow: `sweep sync` finds the run by its tags
-        trial.set_user_attr("mlflow_run_id", run_id)

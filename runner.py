@@ -1,4 +1,6 @@
-"""Running trials: one worker's loop, extra worker processes, stale trials and interrupts.
+"""Trials in flight: the objective wrapped with its slot, worker stamp and child run; one worker's
+loop; one count per finished trial that the budget and the progress line share; stale trials of
+dead workers; extra worker processes.
 
 `--n-trials` is the study's total of completed and pruned trials, however many workers share
 it: a worker starts a trial only while a slot is open (counted + running < total), so workers
@@ -8,28 +10,31 @@ are enqueued again, so nothing is lost.
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
+import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
+
+import keys
+import studies
+from objective import Fold, TrialFailed, build_estimator, evaluate, scorer_for, size_param
+from search_space import SweepConfig, suggest
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from optuna import Study, Trial
+    from optuna.trial import FrozenTrial
+
+    from child_runs import TrialRecorder
 
 POLL_S = 1.0  # how often a finishing `sweep run` looks at other workers' running trials
 WORKER_STOP_S = 30  # how long workers get to close their trial after an interrupt
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: Optuna fails the running trial (as for Ctrl-C) and stops."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
+RUN_LINK_WAIT_S = 2  # the run is created while the trial fits; wait this long at most for its id
 
 
 class BudgetExceeded(Exception):
@@ -38,22 +43,204 @@ class BudgetExceeded(Exception):
                          f" the last error: {last_error}")
 
 
-@contextmanager
-def interrupts() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Interrupted; once one has, a second one exits at once."""
+# ---------------------------------------------------------------- one trial
 
-    def first(signum: int, frame: Any) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda s, f: os._exit(128 + s))
-        raise Interrupted(signum)
+class TrialRunner:
+    """Optuna's objective: claims a slot, stamps the worker, opens the child run, then scores the
+    trial's params (objective.py) and leaves the result on the trial.
 
-    previous = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    The child run is completed from the finished trial by the recorder (an Optuna callback), so
+    the run says exactly what the storage says.
+    """
 
+    def __init__(self, config: SweepConfig, folds: list[Fold], recorder: TrialRecorder,
+                 worker: str = "") -> None:
+        self.config, self.folds, self.recorder, self.worker = config, folds, recorder, worker
+        self.scorer = scorer_for(config)
+        self.size = size_param(config.estimator)
+        self.pruning = config.pruner != "none"
+
+    def __call__(self, trial: Trial) -> float:
+        import optuna
+
+        trial.set_user_attr(keys.WORKER, self.worker)
+        if not has_slot(trial.study, self.config.n_trials, trial):
+            trial.set_user_attr(keys.SURPLUS, True)
+            trial.study.stop()
+            raise TrialFailed("surplus: other workers' trials already fill the study's total")
+        params = suggest(self.config, trial)
+        self.recorder.open_trial(trial)
+        started = time.perf_counter()
+        try:
+            result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
+                              _reporter(trial) if self.pruning else None, self.size)
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            trial.set_user_attr(keys.ERROR, message[:1000])
+            raise TrialFailed(message) from error
+        except KeyboardInterrupt as interrupt:
+            trial.set_user_attr(keys.ERROR, f"interrupted ({interrupt})")
+            raise
+        finally:
+            trial.set_user_attr(keys.FIT_TIME_S, time.perf_counter() - started)
+            _link_run(trial, self.recorder)
+        trial.set_user_attr(keys.SCORE_STD, result.score_std)
+        return result.score
+
+
+def _reporter(trial: Trial) -> Callable[[int, float], None]:
+    """Report a pruned ensemble's score after each chunk of trees; raise TrialPruned to stop it."""
+
+    def report(step: int, value: float) -> None:
+        import optuna
+
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after {step} trees")
+
+    return report
+
+
+def _link_run(trial: Trial, recorder: TrialRecorder) -> None:
+    """Keep the child run id on the trial (when the store answered), for the UI links and sync."""
+    run_id = recorder.run_id(trial.number, RUN_LINK_WAIT_S)
+    if run_id is not None:  # else the store is down or slow: `sweep sync` finds the run by its tags
+        trial.set_user_attr(keys.RUN_ID, run_id)
+
+
+def has_slot(study: Study, total: int, trial: Trial) -> bool:
+    """Whether this just-asked trial is within the total, counting the running trials asked before it."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+    return counted + ahead < total
+
+
+# ---------------------------------------------------------------- counting finished trials
+
+@dataclass(frozen=True)
+class Count:
+    """The study's trials at one moment, from one pass over them."""
+
+    counted: int  # completed and pruned: what --n-trials counts
+    running: int
+    best: float | None  # the best completed value (the study maximizes)
+
+
+def count(study: Study) -> Count:
+    from optuna.trial import TrialState
+
+    counted = running = 0
+    best = None
+    for trial in study.get_trials(deepcopy=False):
+        counted += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        running += trial.state == TrialState.RUNNING
+        if trial.state == TrialState.COMPLETE and trial.value is not None \
+                and (best is None or trial.value > best):
+            best = trial.value
+    return Count(counted, running, best)
+
+
+@dataclass
+class Tally:
+    """One worker's finished trials: failures against max_failures, and the study's count, taken
+    once per finished trial and read by the budget and the progress line alike."""
+
+    total: int
+    max_failures: int
+    failed: int = 0
+    pruned: int = 0
+    last_error: str = ""
+    now: Count = Count(0, 0, None)
+
+    def add(self, study: Study, trial: FrozenTrial) -> None:
+        """Count the finished trial; stop the worker at the study's total or past the failure budget."""
+        if trial.state.name == "FAIL" and not trial.user_attrs.get(keys.SURPLUS):
+            self.failed += 1
+            self.last_error = trial.user_attrs.get(keys.ERROR, "")
+        self.pruned += trial.state.name == "PRUNED"
+        self.now = count(study)
+        if self.failed > self.max_failures or self.now.counted + self.now.running >= self.total:
+            study.stop()
+
+    def check(self) -> None:
+        if self.failed > self.max_failures:
+            raise BudgetExceeded(self.failed, self.max_failures, self.last_error)
+
+
+class Progress:
+    """The progress bar (or one JSON line per finished trial), and one line per failed trial."""
+
+    def __init__(self, study_name: str, total: int, counted: int, quiet: bool, log_format: str = "text") -> None:
+        from tqdm import tqdm
+
+        self.total = total
+        self.json_lines = log_format == "json"  # one JSON line per finished trial, instead of the bar
+        # The study's done/total: a resumed sweep starts past 0, and other workers' trials count too.
+        self.bar = tqdm(total=total, initial=counted, desc=study_name, unit="trial", file=sys.stderr,
+                        disable=quiet or self.json_lines, dynamic_ncols=True)
+
+    def show(self, trial: FrozenTrial, tally: Tally) -> None:
+        if trial.user_attrs.get(keys.SURPLUS):
+            return
+        if self.json_lines:
+            line = {**studies.trial_row(trial), "error": trial.user_attrs.get(keys.ERROR)}
+            print(json.dumps(line, default=str), file=sys.stderr, flush=True)
+        if trial.state.name == "FAIL":
+            if not self.json_lines:
+                self.bar.write(f"trial {trial.number} failed: {tally.last_error}", file=sys.stderr)
+            return
+        self.bar.update(max(0, min(tally.now.counted, self.total) - self.bar.n))
+        best = tally.now.best
+        postfix = {"best": f"{best:.4f}" if best is not None else "-", "pruned": tally.pruned,
+                   "failed": tally.failed}
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------- a worker's loop
+
+def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Progress | None = None,
+               timeout: float | None = None) -> None:
+    """Run trials in this process while the study has open slots; raise BudgetExceeded past it."""
+
+    def after_trial(study: Study, trial: FrozenTrial) -> None:
+        objective.recorder.close_trial(trial)
+        tally.add(study, trial)
+        if progress is not None:
+            progress.show(trial, tally)
+
+    now = count(study)
+    if now.counted + now.running < tally.total:
+        study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
+    tally.check()
+
+
+def run_until_done(study: Study, objective: TrialRunner, tally: Tally, progress: Progress | None = None,
+                   timeout: float | None = None) -> None:
+    """run_worker, then wait for other workers' trials, failing stale ones and refilling their slots."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        fail_stale_trials(study)
+        left = deadline - time.monotonic() if deadline else None
+        if left is not None and left <= 0:
+            return
+        run_worker(study, objective, tally, progress, left)
+        now = count(study)
+        if now.counted >= tally.total:
+            return
+        if now.running:
+            time.sleep(POLL_S)
+        # else the open slots are nobody's: the next pass runs them here
+
+
+# ---------------------------------------------------------------- workers and stale trials
 
 def worker_id() -> str:
     """host:pid:start — enough to tell, on this host, that the process is gone (even if the pid is reused)."""
@@ -75,26 +262,7 @@ def _is_dead(worker: str) -> bool:
     return _process_start(int(pid)) != start
 
 
-def counts(study: Any) -> tuple[int, int]:
-    """(counted trials: completed and pruned, running trials)."""
-    from optuna.trial import TrialState
-
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    counted = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-    return counted, states.count(TrialState.RUNNING)
-
-
-def has_slot(study: Any, total: int, trial: Any) -> bool:
-    """Whether this just-asked trial is within the total, counting the running trials asked before it."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
-    return counted + ahead < total
-
-
-def fail_stale_trials(study: Any) -> None:
+def fail_stale_trials(study: Study) -> None:
     """Fail the trials whose worker died, and enqueue their params again.
 
     RDB storages tell by heartbeats (and retry through their callback); any storage tells, on this
@@ -105,86 +273,30 @@ def fail_stale_trials(study: Any) -> None:
 
     optuna.storages.fail_stale_trials(study)
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if _is_dead(t.user_attrs.get("sweep.worker", ""))]
+             if _is_dead(t.user_attrs.get(keys.WORKER, ""))]
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"sweep.retry_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={keys.RETRY_OF: trial.number})
 
 
-@dataclass
-class Budget:
-    """Optuna callback: stops the worker at the total, or past the failure budget."""
-
-    total: int
-    max_failures: int
-    failed: int = 0
-    last_error: str = ""
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        if trial.state.name == "FAIL" and not trial.user_attrs.get("sweep.surplus"):
-            self.failed += 1
-            self.last_error = trial.user_attrs.get("sweep.error", "")
-            if self.failed > self.max_failures:
-                study.stop()
-        counted, running = counts(study)
-        if counted + running >= self.total:
-            study.stop()
-
-    def check(self) -> None:
-        if self.failed > self.max_failures:
-            raise BudgetExceeded(self.failed, self.max_failures, self.last_error)
-
-
-def run_worker(study: Any, objective: Any, recorder: Any, config: Any, progress: Any = None,
-               timeout: float | None = None) -> Budget:
-    """Run trials in this process while the study has open slots; raise BudgetExceeded past it."""
-    from objective import TrialFailed
-
-    budget = Budget(config.n_trials, config.max_failures)
-    callbacks = [lambda study, trial: recorder.close_trial(trial), budget]
-    callbacks += [progress] if progress is not None else []
-    counted, running = counts(study)
-    if counted + running < config.n_trials:
-        study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks)
-    budget.check()
-    return budget
-
-
-def run_until_done(study: Any, objective: Any, recorder: Any, config: Any, progress: Any = None) -> None:
-    """run_worker, then wait for other workers' trials, failing stale ones and refilling their slots."""
-    deadline = time.monotonic() + config.timeout if config.timeout else None
-    while True:
-        fail_stale_trials(study)
-        left = deadline - time.monotonic() if deadline else None
-        if left is not None and left <= 0:
-            return
-        run_worker(study, objective, recorder, config, progress, left)
-        counted, running = counts(study)
-        if counted >= config.n_trials:
-            return
-        if running:
-            time.sleep(POLL_S)
-        # else the open slots are nobody's: the next pass runs them here
-
-
-def fork_workers(count: int, target: Any, *args: Any) -> list:
-    """`count` worker processes running target(*args) (processes, not threads: the GIL).
+def fork_workers(n: int, target: Callable[..., None], *args: Any) -> list[BaseProcess]:
+    """`n` worker processes running target(*args) (processes, not threads: the GIL).
 
     Forked, so they start with the parent's imports and data instead of loading them again.
     """
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=target, args=args, name=f"sweep-worker-{i + 1}") for i in range(count)]
+    workers = [context.Process(target=target, args=args, name=f"sweep-worker-{i + 1}") for i in range(n)]
     for worker in workers:
         worker.start()
-    return workers
+    return list(workers)
 
 
-def stop_workers(workers: list, signum: int | None = None) -> list[int]:
+def stop_workers(workers: list[BaseProcess], signum: int | None = None) -> list[int | None]:
     """Forward an interrupt (if any) and wait for the workers; return their exit codes."""
     for worker in workers:
-        if signum is not None and worker.is_alive():
+        if signum is not None and worker.is_alive() and worker.pid is not None:
             os.kill(worker.pid, signum)
     for worker in workers:
         worker.join(WORKER_STOP_S if signum else None)

@@ -13,9 +13,14 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from errors import ConfigError, first_line
+
+if TYPE_CHECKING:
+    from optuna import Trial
 
 ESTIMATORS = (
     "GradientBoostingClassifier",
@@ -36,6 +41,10 @@ TOP_KEYS = (
     "sampler", "pruner", "n_trials", "timeout", "max_failures", "fixed", "params",
 )
 DATA_KEYS = ("dataset", "path", "target", "drop", "holdout", "options")
+BUNDLED = (
+    "breast_cancer", "wine", "iris", "digits", "diabetes", "make_classification", "make_regression",
+)
+SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "noise")
 DEFAULTS: dict[str, Any] = {
     "experiment": "sweep", "study_name": None, "model_name": None, "cv": 5, "seed": 42,
     "sampler": "tpe", "pruner": "none", "n_trials": 20, "timeout": None, "max_failures": 10,
@@ -43,14 +52,6 @@ DEFAULTS: dict[str, Any] = {
 }
 MAX_SEED = 2**32 - 1  # numpy's RandomState, behind the samplers and the splits, takes no more
 GRID_LIMIT = 100_000  # combinations; GridSampler holds every one of them in memory
-
-
-class ConfigError(Exception):
-    """A sweep that cannot start: every problem, one line each (exit code 2)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,8 @@ def _safe_load(text: str, origin: str) -> Any:
     except Exception as error:  # noqa: BLE001
         # PyYAML's scalar constructors raise plain ValueError/AttributeError/... on values such as
         # `2024-13-45`, `!!int x` or an integer of more than 4300 digits, not a YAMLError.
-        first = (str(error).splitlines() or [type(error).__name__])[0]
-        raise ConfigError([f"{origin}: is not valid YAML: a value cannot be built ({first})."]) from None
+        raise ConfigError([f"{origin}: is not valid YAML: a value cannot be built"
+                           f" ({first_line(error, None)})."]) from None
 
 
 def _holds_itself(root: Any) -> bool:
@@ -224,26 +225,27 @@ def _holds_itself(root: Any) -> bool:
 def _build(raw: dict, text: str) -> SweepConfig:
     problems: list[str] = []
     problems += _unknown_keys(raw, TOP_KEYS, "")
-    values = {**DEFAULTS, **{k: v for k, v in raw.items() if k in TOP_KEYS}}
-    experiment = _check_name(values, "experiment", problems)
+    values: dict[str, Any] = {**DEFAULTS, **{k: v for k, v in raw.items() if k in TOP_KEYS}}
+    experiment = _check_name(values, "experiment", problems) or ""  # "" only with a problem
     study_name = _check_name(values, "study_name", problems, optional=True)
     model_name = _check_name(values, "model_name", problems, optional=True)
-    estimator = values.get("estimator")
+    estimator: Any = values.get("estimator")
     if estimator not in ESTIMATORS:
         problems.append(_choice_problem("estimator", estimator, ESTIMATORS))
         estimator = None
     data = _check_data(raw.get("data"), problems)
-    metric = values.get("metric")
+    metric: Any = values.get("metric")
     if not isinstance(metric, str) or not metric:
         problems.append(f"metric: must be a scikit-learn scorer name. Got {metric!r} instead.")
     cv = _check_int(values, "cv", 2, problems)
     seed = _check_int(values, "seed", 0, problems, maximum=MAX_SEED)
     n_trials = _check_int(values, "n_trials", 1, problems)
     max_failures = _check_int(values, "max_failures", 0, problems)
-    timeout = values.get("timeout")
+    timeout: Any = values.get("timeout")
     if timeout is not None and (not _is_number(timeout) or timeout <= 0):
         problems.append(f"timeout: must be a number of seconds > 0 or null. Got {timeout!r} instead.")
-    sampler, pruner = values.get("sampler"), values.get("pruner")
+    sampler: Any = values.get("sampler")
+    pruner: Any = values.get("pruner")
     if sampler not in SAMPLERS:
         problems.append(_choice_problem("sampler", sampler, SAMPLERS))
     if pruner not in PRUNERS:
@@ -300,7 +302,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_int(values: dict, key: str, minimum: int, problems: list[str], maximum: int | None = None) -> int:
-    value = values.get(key)
+    value: Any = values.get(key)
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if not is_int or value < minimum or (maximum is not None and value > maximum):
         upper = f" and <= {maximum}" if maximum is not None else ""
@@ -329,8 +331,6 @@ def _check_name(values: dict, key: str, problems: list[str], optional: bool = Fa
 
 
 def _check_data(raw: Any, problems: list[str]) -> DataConfig:
-    from dataset import BUNDLED  # the one list of bundled datasets
-
     if not isinstance(raw, dict):
         problems.append(f"data: must be a mapping with 'dataset' or 'path'. Got {raw!r} instead.")
         return DataConfig()
@@ -359,8 +359,19 @@ def _check_data(raw: Any, problems: list[str]) -> DataConfig:
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         problems.append(f"data.options: must be a mapping of generator arguments. Got {options!r} instead.")
         options = {}
+    problems += _check_options(dataset, options)
     return DataConfig(dataset=dataset, path=path, target=target, drop=tuple(drop),
                       holdout=holdout, options=dict(options))
+
+
+def _check_options(dataset: Any, options: dict) -> list[str]:
+    """Only the synthetic generators take options, and only the ones listed."""
+    if not options or dataset not in BUNDLED:
+        return []
+    if not dataset.startswith("make_"):
+        return [f"data.options: only synthetic datasets take options, not {dataset}."]
+    return [f"data.options.{_key(k)}: is not an option of {dataset}; known: {', '.join(SYNTHETIC_OPTIONS)}."
+            for k in sorted(set(options) - set(SYNTHETIC_OPTIONS))]
 
 
 def _check_params(raw: Any, problems: list[str]) -> list[Param]:
@@ -420,7 +431,10 @@ def _numeric(kind: str, spec: dict, path: str, problems: list[str]) -> Any:
     is_int = kind == "int"
     valid = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if is_int else _is_number
     word = "an integer" if is_int else "a number"
-    low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
+    low: Any = spec.get("low")
+    high: Any = spec.get("high")
+    log: Any = spec.get("log", False)
+    step: Any = spec.get("step")
     before = len(problems)
     for key, value in (("low", low), ("high", high)):
         if not valid(value):
@@ -543,7 +557,7 @@ def _check_grid(params: list[Param]) -> list[str]:
                 f" is grid. Got {p.distribution!r} instead." for p in params if _grid_size(p) is None]
     if problems:
         return problems
-    total = math.prod(_grid_size(p) for p in params)
+    total = math.prod(_grid_size(p) or 1 for p in params)  # none is None: checked above
     if total > GRID_LIMIT:
         problems.append(f"params: must make at most {GRID_LIMIT} combinations when sampler is grid."
                         f" Got {total} instead.")
@@ -575,7 +589,7 @@ def _grid_values(param: Param) -> list:
     # In decimal, so the values are the ones written (0.1 + 3 * 0.2 is 0.7, not 0.7000000000000001),
     # and never above high, where scikit-learn may refuse them (subsample 1.0000000000000002).
     low, step = Decimal(repr(d.low)), Decimal(repr(d.step))
-    return [min(d.high, float(low + i * step)) for i in range(_grid_size(param))]
+    return [min(d.high, float(low + i * step)) for i in range(_grid_size(param) or 0)]
 
 
 def grid(config: SweepConfig) -> dict[str, list]:
@@ -589,7 +603,7 @@ def estimator_class(name: str) -> type:
     return getattr(ensemble, name)
 
 
-def suggest(config: SweepConfig, trial: Any) -> dict[str, Any]:
+def suggest(config: SweepConfig, trial: Trial) -> dict[str, Any]:
     """Sample the active params of one trial, in file order (conditions look at earlier params)."""
     params: dict[str, Any] = {}
     for param in config.params:
@@ -601,7 +615,7 @@ def suggest(config: SweepConfig, trial: Any) -> dict[str, Any]:
 _MISSING = object()
 
 
-def _suggest_one(trial: Any, param: Param) -> Any:
+def _suggest_one(trial: Trial, param: Param) -> Any:
     from optuna.distributions import IntDistribution
 
     d = param.distribution

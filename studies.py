@@ -1,4 +1,5 @@
-"""The Optuna side: storages, samplers, pruners, and the study with what it remembers of its sweep.
+"""The Optuna side: storages, samplers, pruners, which study a command means, and the study with
+what it remembers of its sweep (its best params, its trials as rows).
 
 A study carries its own search space (user attrs), so a worker on another machine samples the
 same space, and a changed space, data set or metric is refused on resume.
@@ -9,9 +10,19 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from search_space import ConfigError, SweepConfig
+import keys
+from errors import ConfigError, SweepFailed, first_line, mask_uri
+from search_space import SweepConfig
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 # RDB storages: a running trial's worker writes a heartbeat every SWEEP_HEARTBEAT_S seconds, and
 # a trial silent for SWEEP_GRACE_S is failed and its params retried (by any worker of the study).
@@ -21,12 +32,10 @@ MAX_RETRIES = 3  # how often a trial of a dead worker is retried
 STALE_LOCK_S = 10
 
 
-def open_storage(spec: str) -> Any:
+def open_storage(spec: str) -> BaseStorage:
     """An RDB URL (with heartbeats), a redis:// journal, or else a journal file several processes share."""
     import optuna
     from optuna.storages.journal import JournalRedisBackend
-
-    from tracking import mask_uri
 
     try:
         if spec.startswith("redis://"):
@@ -42,8 +51,7 @@ def open_storage(spec: str) -> Any:
         raise ConfigError([f"storage {mask_uri(spec)}: needs the Python package {error.name!r}"
                            " (pip install it into this environment)."]) from None
     except Exception as error:  # SQLAlchemy, redis and OS errors: one cause, the store is unusable
-        first = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-        raise ConfigError([f"storage {mask_uri(spec)}: cannot be used: {first}"]) from None
+        raise ConfigError([f"storage {mask_uri(spec)}: cannot be used: {first_line(error)}"]) from None
 
 
 def PageCacheJournal(path: str) -> Any:  # noqa: N802 - a class, built on first use (lazy optuna import)
@@ -87,7 +95,7 @@ def _define_page_cache_journal() -> type:
     return PageCacheJournalBackend
 
 
-def _with_retries(open_rdb: Any, attempts: int = 5) -> Any:
+def _with_retries(open_rdb: Callable[[], Any], attempts: int = 5) -> Any:
     """Workers that start together on an empty database race to create Optuna's tables; the
     losers see a duplicate-key error and find the tables there on the next try."""
     import sqlalchemy.exc
@@ -112,7 +120,7 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def make_sampler(config: SweepConfig) -> Any:
+def make_sampler(config: SweepConfig) -> BaseSampler:
     import optuna.samplers as samplers
 
     from search_space import grid
@@ -129,7 +137,7 @@ def make_sampler(config: SweepConfig) -> Any:
     }[config.sampler]()
 
 
-def make_pruner(config: SweepConfig) -> Any:
+def make_pruner(config: SweepConfig) -> BasePruner:
     import optuna.pruners as pruners
 
     return {
@@ -141,7 +149,7 @@ def make_pruner(config: SweepConfig) -> Any:
     }[config.pruner]()
 
 
-def open_study(config: SweepConfig, storage: Any, data_digest: str) -> Any:
+def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str) -> Study:
     """Create the study, or load it and refuse a changed space or data."""
     import optuna
 
@@ -149,35 +157,33 @@ def open_study(config: SweepConfig, storage: Any, data_digest: str) -> Any:
         storage=storage, study_name=config.study_name, direction="maximize",
         sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
     )
-    if "sweep.space_sha256" not in study.user_attrs:
-        remember = {"sweep.space_sha256": config.space_sha256(), "sweep.data_sha256": data_digest,
-                    "sweep.fixed_params": config.fixed, "sweep.config": config.source}
+    if keys.SPACE_SHA256 not in study.user_attrs:
+        remember = {keys.SPACE_SHA256: config.space_sha256(), keys.DATA_SHA256: data_digest,
+                    keys.FIXED_PARAMS: config.fixed, keys.CONFIG: config.source}
         for key, value in remember.items():
             study.set_user_attr(key, value)
     check_same_sweep(study, config, data_digest)
     return study
 
 
-def check_same_sweep(study: Any, config: SweepConfig, data_digest: str) -> None:
+def check_same_sweep(study: Study, config: SweepConfig, data_digest: str) -> None:
     attrs = study.user_attrs
-    if attrs.get("sweep.space_sha256") != config.space_sha256():
+    if attrs.get(keys.SPACE_SHA256) != config.space_sha256():
         raise ConfigError([
             f"study {study.study_name!r}: was started with another search space, data or metric;"
             " resume it with the same file or pick a new --study-name."])
-    if attrs.get("sweep.data_sha256") != data_digest:
+    if attrs.get(keys.DATA_SHA256) != data_digest:
         raise ConfigError([
             f"study {study.study_name!r}: was started on other data (its rows or columns differ);"
             " give it the same data or pick a new --study-name."])
 
 
-def load_study(storage_spec: str, name: str, wait_s: float = 0) -> Any:
+def load_study(storage_spec: str, name: str, wait_s: float = 0) -> Study:
     """An existing sweep's study; wait up to `wait_s` for `sweep run` to create it."""
-    from tracking import mask_uri
-
     deadline = time.monotonic() + wait_s
     while True:
         study = _existing_study(storage_spec, name)
-        if study is not None and "sweep.parent_run_id" in study.user_attrs:
+        if study is not None and keys.PARENT_RUN_ID in study.user_attrs:
             return study
         if time.monotonic() >= deadline:
             raise ConfigError([f"study {name!r}: not found in storage {mask_uri(storage_spec)}"
@@ -185,7 +191,7 @@ def load_study(storage_spec: str, name: str, wait_s: float = 0) -> Any:
         time.sleep(1)
 
 
-def _existing_study(storage_spec: str, name: str) -> Any:
+def _existing_study(storage_spec: str, name: str) -> Study | None:
     import optuna
 
     if "://" not in storage_spec and not _file_exists(storage_spec):
@@ -203,24 +209,63 @@ def _file_exists(path: str) -> bool:
     return Path(path).is_file()
 
 
-def study_config(study: Any, n_trials: int | None = None) -> SweepConfig:
+def study_config(study: Study) -> SweepConfig:
     """The sweep's config as the study remembers it (what `sweep run` validated)."""
     import search_space
 
-    overrides = {"study_name": study.study_name,
-                 "n_trials": n_trials or study.user_attrs.get("sweep.n_trials")}
-    return search_space.parse(study.user_attrs["sweep.config"], origin=f"study {study.study_name!r}",
+    overrides = {"study_name": study.study_name, "n_trials": study.user_attrs.get(keys.N_TRIALS)}
+    return search_space.parse(study.user_attrs[keys.CONFIG], origin=f"study {study.study_name!r}",
                               overrides=overrides)
 
 
-def latest_study_name(storage_spec: str) -> str | None:
-    """The study created last in the storage, if any."""
+def pick_study_name(storage_spec: str, named: str | None, default: str) -> tuple[str, bool]:
+    """Which study a command means, and whether it is the storage's latest (one policy for all).
+
+    `named`: --study-name, else the study_name of the config file the user gave (--config or
+    ./search_space.yaml); that one, found or not. Else `default` (the shipped file's study_name,
+    what a bare `sweep run` runs) when the storage holds it; else the study started last there.
+    """
+    if named:
+        return named, False
+    summaries = _summaries(storage_spec)
+    if any(s.study_name == default for s in summaries):
+        return default, False
+    if not summaries:
+        raise ConfigError([f"storage {mask_uri(storage_spec)}: holds no study; run `sweep run` first"
+                           " or name the sweep's storage with --storage."])
+    started = [s for s in summaries if s.datetime_start is not None] or summaries
+    return max(started, key=lambda s: (s.datetime_start is not None, s.datetime_start or 0)).study_name, True
+
+
+def _summaries(storage_spec: str) -> list:
     import optuna
 
     if "://" not in storage_spec and not _file_exists(storage_spec):
+        return []  # opening a journal file would create it
+    return optuna.get_all_study_summaries(open_storage(storage_spec), include_best_trial=False)
+
+
+def best_value(study: Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no completed trial yet
         return None
-    summaries = optuna.get_all_study_summaries(open_storage(storage_spec), include_best_trial=False)
-    summaries = [s for s in summaries if s.datetime_start is not None] or summaries
-    if not summaries:
-        return None
-    return max(summaries, key=lambda s: (s.datetime_start is not None, s.datetime_start or 0)).study_name
+
+
+def best_export(study: Study) -> dict:
+    """The best trial, with the tuned plus the fixed params, ready for Estimator(**params)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise SweepFailed(f"study {study.study_name!r} has no completed trial yet.") from None
+    fixed = study.user_attrs.get(keys.FIXED_PARAMS, {})
+    return {"study": study.study_name, "trial": best.number, "value": best.value,
+            "params": {**fixed, **best.params}}
+
+
+def trial_row(trial: FrozenTrial) -> dict:
+    """number, state, value, params (the active ones), duration_s, run_id: one row, one JSON line."""
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    return {"number": trial.number, "state": trial.state.name, "value": trial.value,
+            "params": dict(trial.params), "duration_s": duration,
+            "run_id": trial.user_attrs.get(keys.RUN_ID)}

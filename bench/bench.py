@@ -161,7 +161,7 @@ def main_table(root: Path, size: Size) -> dict[str, Variant]:
 def floor_variant(workdir: Path, space: Path, trials: list[TrialTime], label: str = "(a) floor") -> Variant:
     params = [t.params for t in sorted(trials, key=lambda t: t.number)]
     timed, result = workload("floor", {"space": str(space), "params": params}, workdir)
-    done = [(end - timed.launched, score) for end, score in zip(result["done"], result["scores"])]
+    done = [(end - timed.launched, score) for end, score in zip(result["done"], result["scores"], strict=True)]
     variant = Variant(label, timed, len(params), max(result["scores"]), done, m.load_avg())
     variant.extra["loop_s"] = result["done"][-1] - result["loop_start"]
     variant.extra["fit_s"] = sum(result["fit_s"])
@@ -187,7 +187,7 @@ def rscv_variant(workdir: Path, space: Path) -> Variant:
     spec = {"space": str(space), "tracking_uri": f"sqlite:///{workdir}/mlflow.db"}
     timed, result = workload("rscv", spec, workdir)
     elapsed, done = result["search_start"] - timed.launched, []
-    for fit_s, score_s, value in zip(result["fit_s"], result["score_s"], result["values"]):
+    for fit_s, score_s, value in zip(result["fit_s"], result["score_s"], result["values"], strict=True):
         elapsed += (fit_s + score_s) * result["n_splits"]
         done.append((elapsed, value))
     variant = Variant("(d) RandomizedSearchCV + autolog", timed, len(done), result["best"], done,
@@ -220,7 +220,7 @@ def critical_path(run: SweepRun, floor: Variant) -> dict[str, float]:
     n = len(trials)
     fit = sum(t.fit_s or 0.0 for t in trials)
     inside = sum(t.end - t.start for t in trials) - fit  # sampling, storage writes, waits in the objective
-    waits = run.link_wait_s or {}  # none: objective._link_run is gone, so there is no such wait
+    waits = run.link_wait_s or {}  # none: runner._link_run is gone, so there is no such wait
     link = sum(waits.get(t.number, 0.0) for t in trials)
     return {"per_trial_ms": (end - start - fit) / n * 1000, "inside_ms": inside / n * 1000,
             "link_ms": link / n * 1000, "link_max_ms": max(waits.values(), default=0.0) * 1000,
@@ -302,7 +302,7 @@ def parallel_ceiling(root: Path, space: Path, trials: list[TrialTime]) -> float:
 
 def flatness_run(root: Path, size: Size) -> dict[str, Any] | None:
     """Per-trial overhead near trial 10 and trial N of one `sweep run`, and its peak RSS at both. sweep runs
-    no trivial objective, so the trials are the real Objective on iris with 1 tree and cv 2."""
+    no trivial objective, so the trials are the real TrialRunner on iris with 1 tree and cv 2."""
     if not size.flat_trials:
         return None
     n = size.flat_trials
@@ -315,7 +315,7 @@ def flatness_run(root: Path, size: Size) -> dict[str, Any] | None:
     around = {f"trial {k}": trials[first:first + w + 1] for k, first in ((10, 10), (n, len(trials) - w - 1))}
     measured = [t for group in around.values() for t in group[:-1]]
     refitted = floor_variant(root / "flat-floor", space, measured).extra["fits"]
-    alone = dict(zip([t.number for t in measured], refitted))
+    alone = dict(zip([t.number for t in measured], refitted, strict=True))
     windows = {name: flat_window(group, run, alone) for name, group in around.items()}
     memory = [{"trials": k, "peak_rss_mb": run.timed.peak_rss_at(trials[k - 1].end)}
               for k in (10, len(trials))]

@@ -82,7 +82,7 @@ def print_critical_path(overhead: dict) -> None:
                f"<= {limit} ms", fig["per_trial_ms"] <= limit)
         detail(f"(loop {fig['loop_s']:.1f} s - the trials' fit time) / trials: {fig['inside_ms']:.1f} ms in"
                f" the objective around the fit, of which {fig['link_ms']:.1f} ms waiting for the MLflow"
-               f" run id (objective._link_run; longest {fig['link_max_ms']:.0f} ms),")
+               f" run id (runner._link_run; longest {fig['link_max_ms']:.0f} ms),")
         detail(f"{fig['between_ms']:.1f} ms between trials (callbacks, next ask). The fits took"
                f" {fig['fit_vs_floor']:.2f}x the floor's for the same"
                f" params; loop minus the floor's loop: {fig['vs_floor_ms']:.1f} ms per trial.")

@@ -208,15 +208,15 @@ def rscv(spec: dict) -> dict:
 
 def sweep_main(spec: dict) -> dict:
     """`sweep run` in this process (what the console script runs: sweep.main), with two timers the study
-    cannot show: the objective's wait for its MLflow child run id (objective._link_run) and the
-    sampler's time per trial (around what studies.make_sampler returns). Each is skipped if that
-    function is gone from the sweep code."""
-    import objective
+    cannot show: the trial's wait for its MLflow child run id (runner._link_run) and the
+    sampler's time per trial (around what studies.make_sampler returns). A timer whose function is
+    gone from the sweep code is skipped, and said so on stderr: a move must move the timer along."""
+    import runner
     import studies
     import sweep
 
     waits: dict[str, float] = {}
-    link = getattr(objective, "_link_run", None)
+    link = getattr(runner, "_link_run", None)
 
     def timed_link(trial: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -226,11 +226,14 @@ def sweep_main(spec: dict) -> dict:
             waits[str(trial.number)] = time.perf_counter() - started
 
     if link is not None:
-        objective._link_run = timed_link
+        runner._link_run = timed_link
     sampler = TimedSampler(None)
     make_sampler = getattr(studies, "make_sampler", None)
     if make_sampler is not None:
         studies.make_sampler = lambda config: sampler.wrap(make_sampler(config))
+    for name, found in (("runner._link_run", link), ("studies.make_sampler", make_sampler)):
+        if found is None:
+            print(f"bench: {name} is gone from the sweep code: that timer is skipped", file=sys.stderr)
     code = sweep.main(spec["argv"])
     if code != 0:
         raise SystemExit(code)

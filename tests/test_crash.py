@@ -13,10 +13,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, small_space
 from mlflow import MlflowClient
 
 import studies
+from conftest import ROOT, small_space
 
 SLOW_SPACE = """\
 experiment: crash

@@ -59,6 +59,41 @@ def test_option_is_documented(readme: str, command: str, option: str) -> None:
     assert mentions(readme, option), f"README.md does not mention {option} (sweep {command})"
 
 
+def parser_options() -> dict[str, set[str]]:
+    """Every option string -> the commands whose parser takes it."""
+    taken: dict[str, set[str]] = {}
+    for name, command in subcommands().items():
+        for action in command._actions:
+            for option in action.option_strings:
+                taken.setdefault(option, set()).add(name)
+    return taken
+
+
+def options_table(text: str) -> dict[str, set[str]]:
+    """Every option in the README's options table -> the commands its rows name ("all": every one)."""
+    match = re.search(r"^### Options\n(.*?)(?=^##)", text, re.MULTILINE | re.DOTALL)
+    assert match, "README.md has no '### Options' table"
+    table: dict[str, set[str]] = {}
+    for line in match.group(1).splitlines():
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) != 3 or not cells[0].startswith("`-"):
+            continue
+        commands = set(subcommands()) if cells[1] == "all" else {c.strip() for c in cells[1].split(",")}
+        for option in re.findall(r"`(-{1,2}[\w-]+)", cells[0]):
+            table.setdefault(option, set()).update(commands)
+    return table
+
+
+def test_the_options_table_names_exactly_the_commands_of_each_option(readme: str) -> None:
+    table, parsers = options_table(readme), parser_options()
+    assert len(table) >= 20
+    wrong = {option: {"README": sorted(table.get(option, ())), "parsers": sorted(commands)}
+             for option, commands in parsers.items() if table.get(option) != commands}
+    wrong.update({option: {"README": sorted(commands), "parsers": []}
+                  for option, commands in table.items() if option not in parsers})
+    assert wrong == {}
+
+
 # ---------------------------------------------------------------- the YAML key tables
 
 def key_table_rows(text: str) -> dict[str, list[str]]:

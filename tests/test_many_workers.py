@@ -10,10 +10,10 @@ import sys
 import time
 
 import optuna
-from conftest import ROOT, small_space
 from mlflow import MlflowClient
 
 import studies
+from conftest import ROOT, small_space
 
 SPACE = """\
 experiment: {experiment}

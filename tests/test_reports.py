@@ -15,7 +15,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port, small_space
 from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
@@ -23,6 +22,7 @@ from optuna.trial import TrialState, create_trial
 import reports
 import studies
 import sweep
+from conftest import free_port, small_space
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWEEP_PLOTS = {"plots/optimization_history.png", "plots/parallel_coordinate.png",
@@ -160,7 +160,7 @@ def test_trials_sorted_by_value_top_n_as_csv(finished, stores, capsys, tmp_path)
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     best = sorted(finished.trials, key=lambda t: -t.value)[:2]
     assert [int(r["number"]) for r in rows] == [t.number for t in best]
-    for row, trial in zip(rows, best):
+    for row, trial in zip(rows, best, strict=True):
         assert float(row["value"]) == trial.value
         assert float(row["learning_rate"]) == trial.params["learning_rate"]
         assert int(row["max_depth"]) == trial.params["max_depth"]
@@ -239,7 +239,7 @@ def test_ui_links_resolve_to_the_study_runs_on_a_server(mlflow_server, tmp_path,
     assert compared["experiments"] == [experiment_id]
     best = sorted(study.trials, key=lambda t: -t.value)[:2]
     assert compared["runs"] == [t.user_attrs["mlflow_run_id"] for t in best]
-    for run_id, trial in zip(compared["runs"], best):
+    for run_id, trial in zip(compared["runs"], best, strict=True):
         run = client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["sweep.trial_number"] == str(trial.number)

@@ -6,7 +6,6 @@ The checks that need the data (target, scorer) go through `sweep validate`, as a
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 from pathlib import Path
@@ -20,10 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+import lifecycle
 import search_space
 import sweep
-from dataset import BUNDLED
-from search_space import ConfigError, DataConfig, Param, SweepConfig, parse, suggest
+from errors import ConfigError
+from search_space import BUNDLED, DataConfig, Param, SweepConfig, parse, suggest
 
 ROOT = Path(__file__).resolve().parents[1]
 STORES = ("mlflow.db", "optuna.journal", "mlruns")
@@ -408,7 +408,7 @@ def test_prepare_raises_the_same_problems(tmp_path: Path) -> None:
     config = tmp_path / "space.yaml"
     config.write_text(changed(("data.dataset", "wine"), ("metric", "f1")))
     with pytest.raises(ConfigError) as caught:
-        sweep.prepare(argparse.Namespace(config=str(config)))
+        lifecycle.prepare(config)
     assert caught.value.problems == [F1_MULTICLASS]
 
 
@@ -484,7 +484,7 @@ def test_a_valid_space_validates_with_its_data(tmp_path: Path, capsys: pytest.Ca
     config = tmp_path / "space.yaml"
     config.write_text(changed(("data", {"path": str(path), "target": "y"})))
     assert validate(capsys, config) == (0, "ok\n", "")
-    prepared = sweep.prepare(argparse.Namespace(config=str(config)))
+    prepared = lifecycle.prepare(config)
     assert (len(prepared.dataset.X_train), len(prepared.dataset.X_test)) == (48, 12)
 
 

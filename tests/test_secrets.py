@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psycopg2
+
 from conftest import ROOT, small_space
 
 PASSWORD = "s3cret-Pa55word"

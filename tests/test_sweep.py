@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import os
 
 import mlflow
 import optuna
 import pytest
 import yaml
-from conftest import small_space
 from mlflow import MlflowClient
 
 import studies
 import sweep
+from conftest import small_space
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -41,16 +44,36 @@ def load_study(stores: dict, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=studies.open_storage(stores["storage"]))
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One small sweep of 4 trials, run through the CLI once, for the tests that only read it."""
+    root = tmp_path_factory.mktemp("shared-sweep")
+    stores = {"tracking_uri": f"sqlite:///{root}/mlflow.db", "storage": str(root / "optuna.journal")}
+    config = small_space(root, study="small", n_trials=4)
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(root)  # the sqlite store's artifacts go to ./mlruns
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = sweep.main(sweep_args(config, stores))
+    finally:
+        os.chdir(cwd)
+    assert code == 0, err.getvalue()
+    return {"config": config, "out": out.getvalue(), "err": err.getvalue(), "stores": stores,
+            "study": load_study(stores, "small")}
+
+
 @pytest.fixture
 def finished(tmp_path, stores, capsys):
-    """One small sweep of 4 trials, run through the CLI."""
+    """One small sweep of 4 trials, run through the CLI, for a test that changes it."""
     config = small_space(tmp_path, study="small", n_trials=4)
     code, out, err = run_cli(capsys, *sweep_args(config, stores))
     assert code == 0, err
     return {"config": config, "out": out, "err": err, "study": load_study(stores, "small")}
 
 
-def test_one_parent_one_child_per_trial_with_exactly_the_sampled_params(finished, stores):
+def test_one_parent_one_child_per_trial_with_exactly_the_sampled_params(shared):
+    stores = shared["stores"]
     parents, children = runs_of(stores["tracking_uri"], "exp")
     assert len(parents) == 1
     parent = parents[0]
@@ -60,7 +83,7 @@ def test_one_parent_one_child_per_trial_with_exactly_the_sampled_params(finished
     assert parent.data.params["estimator"] == "GradientBoostingClassifier"
     assert parent.data.params["fixed.n_estimators"] == "8"
 
-    study = finished["study"]
+    study = shared["study"]
     assert len(children) == len(study.trials) == 4
     by_number = {int(r.data.tags["sweep.trial_number"]): r for r in children}
     for trial in study.trials:
@@ -75,8 +98,9 @@ def test_one_parent_one_child_per_trial_with_exactly_the_sampled_params(finished
     assert study.user_attrs["sweep.parent_run_id"] == parent.info.run_id
 
 
-def test_parent_run_holds_the_best_params_and_the_sweep_artifacts(finished, stores, tmp_path):
-    study = finished["study"]
+def test_parent_run_holds_the_best_params_and_the_sweep_artifacts(shared, tmp_path):
+    stores = shared["stores"]
+    study = shared["study"]
     parent, = runs_of(stores["tracking_uri"], "exp")[0]
     client = MlflowClient(stores["tracking_uri"])
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -85,18 +109,19 @@ def test_parent_run_holds_the_best_params_and_the_sweep_artifacts(finished, stor
     best = json.loads(open(path).read())
     assert best == {"study": "small", "trial": study.best_trial.number, "value": study.best_value,
                     "params": {"n_estimators": 8, "random_state": 0, **study.best_params}}
-    assert json.loads(finished["out"]) == best
+    assert json.loads(shared["out"]) == best
     assert parent.data.metrics["best_roc_auc"] == pytest.approx(study.best_value)
     assert "holdout_roc_auc" in parent.data.metrics
 
 
-def test_champion_alias_loads_and_predicts(finished, stores):
+def test_champion_alias_loads_and_predicts(shared):
+    stores = shared["stores"]
     from sklearn.datasets import load_breast_cancer
 
     client = MlflowClient(stores["tracking_uri"])
     version = client.get_model_version_by_alias("exp", "champion")
     assert version.tags["sweep.study_name"] == "small"
-    assert version.tags["sweep.trial_number"] == str(finished["study"].best_trial.number)
+    assert version.tags["sweep.trial_number"] == str(shared["study"].best_trial.number)
     mlflow.set_tracking_uri(stores["tracking_uri"])
     model = mlflow.pyfunc.load_model("models:/exp@champion")
     X = load_breast_cancer(as_frame=True).data.head(10)
@@ -104,8 +129,9 @@ def test_champion_alias_loads_and_predicts(finished, stores):
     assert len(predictions) == 10 and set(predictions) <= {0, 1}
 
 
-def test_best_exports_the_study_best_params_plus_fixed(finished, stores, capsys, tmp_path):
-    study = finished["study"]
+def test_best_exports_the_study_best_params_plus_fixed(shared, capsys, tmp_path):
+    stores = shared["stores"]
+    study = shared["study"]
     expected = {"n_estimators": 8, "random_state": 0, **study.best_params}
     code, out, _ = run_cli(capsys, "best", "--study-name", "small", "--storage", stores["storage"])
     assert code == 0
@@ -156,19 +182,19 @@ def test_resume_with_a_changed_space_is_refused(finished, stores, capsys):
 def test_a_worse_sweep_gets_challenger_and_leaves_champion(finished, stores, capsys, tmp_path):
     client = MlflowClient(stores["tracking_uri"])
     champion = client.get_model_version_by_alias("exp", "champion")
-    worse = small_space(tmp_path, study="worse", text=f"""\
+    worse = small_space(tmp_path, study="worse", text="""\
 experiment: exp
 model_name: exp
 study_name: worse
 estimator: GradientBoostingClassifier
-data: {{dataset: breast_cancer, holdout: 0.25}}
+data: {dataset: breast_cancer, holdout: 0.25}
 metric: roc_auc
 cv: 2
 seed: 7
 n_trials: 2
-fixed: {{n_estimators: 1, max_depth: 1, random_state: 0}}
+fixed: {n_estimators: 1, max_depth: 1, random_state: 0}
 params:
-  learning_rate: {{type: float, low: 0.001, high: 0.002}}
+  learning_rate: {type: float, low: 0.001, high: 0.002}
 """)
     code, _, err = run_cli(capsys, *sweep_args(worse, stores))
     assert code == 0, err
@@ -363,7 +389,8 @@ def test_a_stale_journal_lock_of_a_dead_process_does_not_hang_the_resume(finishe
     assert len(load_study(stores, "small").trials) == 5
 
 
-def test_the_champion_is_served_by_mlflow_models_serve(finished, stores, tmp_path):
+def test_the_champion_is_served_by_mlflow_models_serve(shared, tmp_path):
+    stores = shared["stores"]
     import os
     import shutil
     import subprocess
@@ -372,8 +399,9 @@ def test_the_champion_is_served_by_mlflow_models_serve(finished, stores, tmp_pat
     import urllib.request
     from pathlib import Path
 
-    from conftest import free_port
     from sklearn.datasets import load_breast_cancer
+
+    from conftest import free_port
 
     port = free_port()
     mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent))

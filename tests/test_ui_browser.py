@@ -14,11 +14,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, small_space
 from mlflow import MlflowClient
 
 import studies
 import sweep
+from conftest import ROOT, small_space
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots for CI (git-ignored)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -152,7 +152,7 @@ def _as_drawn(dimension: dict) -> list:
     """Numbers for a numeric axis; the tick labels for a categorical one (the UI cuts them to 10 chars)."""
     if dimension["ticktext"] is None:
         return dimension["values"]
-    labels = dict(zip(dimension["tickvals"], dimension["ticktext"]))
+    labels = dict(zip(dimension["tickvals"], dimension["ticktext"], strict=True))
     return [labels[v] for v in dimension["values"]]
 
 

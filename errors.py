@@ -1,0 +1,83 @@
+"""What a sweep tells its user when something is wrong: the two failures, the guard that turns
+them into exit codes, and the helpers that keep a message to one line and a URI free of secrets.
+
+The bottom floor: it imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.parse
+from collections.abc import Callable
+
+
+class ConfigError(Exception):
+    """A sweep that cannot start: every problem, one line each (exit code 2)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class SweepFailed(Exception):
+    """The sweep ran but could not finish its job (exit code 1)."""
+
+
+def say(message: str) -> None:
+    """Messages go to stderr: stdout carries only data."""
+    print(message, file=sys.stderr)
+
+
+def first_line(error: BaseException, limit: int | None = 300) -> str:
+    """The first line of an error's message (its type's name when it has none), cut at `limit`."""
+    line = (str(error).splitlines() or [type(error).__name__])[0]
+    return line[:limit] if limit is not None else line
+
+
+def guard(command: Callable[[], int], debug: bool) -> int:
+    """Run a command; turn what it raises into one line on stderr and an exit code."""
+    try:
+        return command()
+    except ConfigError as error:
+        for problem in error.problems:
+            say(f"sweep: {problem}")
+        return 2
+    except SweepFailed as error:
+        say(f"sweep: {error}")
+        return 1
+    except KeyboardInterrupt as interrupt:  # one that came outside the trials (lifecycle.Interrupted)
+        say("sweep: interrupted.")
+        return int(getattr(interrupt, "exit_code", 130))
+    except BrokenPipeError:  # `sweep best | head`: the reader left; nothing to say
+        sys.stderr.close()
+        return 1
+    except Exception as error:  # the last net: one line, the traceback only when asked
+        if debug:
+            raise
+        say(f"sweep: unexpected {type(error).__name__}: {error} (run with --debug for the traceback)")
+        return 1
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with any password replaced by ***, fit for messages and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user = f"{parts.username}:***" if parts.username else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=_netloc(parts, user)))
+
+
+def public_url(uri: str) -> str:
+    """scheme://host:port/path of a server, without credentials (a browser asks for them itself)."""
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit((parts.scheme, _netloc(parts), parts.path.rstrip("/"), "", ""))
+
+
+def _netloc(parts: urllib.parse.SplitResult, userinfo: str = "") -> str:
+    """host:port as a URL spells it (an IPv6 host in brackets), after `userinfo@` when given."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{userinfo}@{host}" if userinfo else host

@@ -1,0 +1,45 @@
+"""The names the two stores share: user attrs on the Optuna study and its trials, tags on the MLflow
+runs and model versions, and how a value is written as an MLflow param.
+
+One place, so that a writer and its readers cannot drift apart. The bottom floor: no imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ---- the study's user attrs: what it remembers of its sweep
+SPACE_SHA256 = "sweep.space_sha256"  # also a tag of the parent run
+DATA_SHA256 = "sweep.data_sha256"
+FIXED_PARAMS = "sweep.fixed_params"
+CONFIG = "sweep.config"  # the search space's YAML text, as `sweep run` validated it
+N_TRIALS = "sweep.n_trials"  # also a tag of the parent run
+PARENT_RUN_ID = "sweep.parent_run_id"
+PROMOTED_TRIAL = "sweep.promoted_trial"
+
+# ---- a trial's user attrs
+WORKER = "sweep.worker"  # host:pid:start of the process that runs it
+SURPLUS = "sweep.surplus"  # a trial refused a slot: failed, with no child run
+ERROR = "sweep.error"  # also the tag of a failed trial's child run
+FIT_TIME_S = "sweep.fit_time_s"
+SCORE_STD = "sweep.score_std"
+RETRY_OF = "sweep.retry_of"
+RUN_ID = "mlflow_run_id"  # the trial's child run
+
+# ---- MLflow run tags (and model version tags)
+PARENT_RUN_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+STUDY_NAME = "sweep.study_name"
+TRIAL_NUMBER = "sweep.trial_number"
+TRIAL_STATE = "sweep.trial_state"
+METRIC = "sweep.metric"
+HOLDOUT_SCORE = "sweep.holdout_score"
+
+# Logged for a conditional param that a trial left unsampled: a run missing a param would drop
+# off the MLflow UI's parallel-coordinates plot.
+INACTIVE = "inactive"
+
+
+def param_value(value: Any) -> str:
+    """A value as an MLflow param: Python's None as `None`, anything else as str() gives it."""
+    return "None" if value is None else str(value)

@@ -1,0 +1,316 @@
+"""A sweep's lifecycle: validate before anything is opened, open both stores, run the trials here
+and in worker processes, finalize once (repair the child runs, log the results, promote), and
+leave the documented end state on an interrupt or a failure.
+
+It takes plain values (a config path, an Options); sweep.py turns the command line into them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import child_runs
+import dataset
+import keys
+import reports
+import runner
+import search_space
+import studies
+from errors import ConfigError, SweepFailed, first_line, guard, say
+from objective import build_model, check_metric, prepare_folds, scorer_for
+from search_space import SweepConfig
+from tracking import Tracker, use_quick_client_settings
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from optuna import Study
+
+    from child_runs import TrialRecorder
+
+FORKED_WAIT_S = 120  # how long --n-jobs workers wait for the study (validating the stores comes first)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated sweep: its config and its data, loaded once (forked workers share them)."""
+
+    config: SweepConfig
+    dataset: dataset.Dataset
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run: the stores (resolved already) and the command's switches."""
+
+    storage: str
+    tracking_uri: str
+    n_jobs: int = 1
+    quiet: bool = False
+    log_format: str = "text"
+    promote_on_interrupt: bool = True
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    best: dict | None = None  # the export, when there is one to print
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: Optuna fails the running trial (as for Ctrl-C) and stops."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextmanager
+def interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted; once one has, a second one exits at once."""
+
+    def first(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda s, f: os._exit(128 + s))
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------- validation (no store touched)
+
+def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
+    """Validate the space, the data and the metric; raise ConfigError with every problem."""
+    config = search_space.load(config_path, overrides=overrides)
+    data = dataset.load(config.data, config.is_classifier, config.cv, config.seed)
+    check_metric(config, data.y_train)
+    return Prepared(config, data)
+
+
+def prepare_from_study(study: Study, local_config: Path | None) -> Prepared:
+    """The study's own space and data; a worker whose local file or data differs is refused."""
+    config = studies.study_config(study)
+    if local_config is not None:
+        local = search_space.load(local_config, overrides={"study_name": study.study_name})
+        if local.space_sha256() != config.space_sha256():
+            raise ConfigError([f"{local_config}: differs from the search space of study"
+                               f" {study.study_name!r}; a worker samples the study's own space."])
+    data = dataset.load(config.data, config.is_classifier, config.cv, config.seed)
+    studies.check_same_sweep(study, config, data.digest)
+    return Prepared(config, data)
+
+
+# ---------------------------------------------------------------- sweep run
+
+def run(prepared: Prepared, options: Options) -> Outcome:
+    """Open both stores, run the trials (here and in workers), then finalize once."""
+    # Workers fork now, with the data loaded and nothing opened yet: no import or load again,
+    # and no database connection shared across processes. They wait for the study.
+    workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared)
+    try:
+        return _run_sweep(prepared, options, workers)
+    except BaseException as error:
+        runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
+        raise
+
+
+def _run_sweep(prepared: Prepared, options: Options, workers: list[BaseProcess]) -> Outcome:
+    config = prepared.config
+    tracker, recorder = open_tracking(options.tracking_uri)
+    study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest)
+    parent_run_id = tracker.parent_run(config, study.user_attrs.get(keys.PARENT_RUN_ID))
+    study.set_user_attr(keys.N_TRIALS, config.n_trials)
+    study.set_user_attr(keys.PARENT_RUN_ID, parent_run_id)  # last: workers wait for it
+    recorder.bind(tracker.experiment_of(parent_run_id), parent_run_id, config)
+    with interrupts():
+        try:
+            ran = run_trials(study, prepared, recorder, options)
+            runner.stop_workers(workers)
+        except Interrupted as interrupt:
+            runner.stop_workers(workers, interrupt.signum)
+            unlogged = _close_runs(recorder, study)
+            return _after_interrupt(study, prepared, tracker, parent_run_id, interrupt, unlogged, options)
+        except runner.BudgetExceeded as error:
+            runner.stop_workers(workers, signal.SIGTERM)
+            _report_unlogged(_close_runs(recorder, study))
+            _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
+            raise SweepFailed(str(error)) from None
+        _close_runs(recorder, study)  # what it missed, finalize repairs
+        say(f"study {config.study_name!r}: {ran} trials ran now, {runner.count(study).counted} of"
+            f" {config.n_trials} counted.")
+        best = _finalize_once(study, prepared, tracker, parent_run_id, "FINISHED")
+    say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
+    return Outcome(0, best)
+
+
+def open_tracking(tracking_uri: str) -> tuple[Tracker, TrialRecorder]:
+    """The tracking store, checked, with the child-run logger forked before this process opens it."""
+    use_quick_client_settings()  # the logger inherits them
+    recorder = child_runs.TrialRecorder(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    tracker.check_reachable()
+    recorder.warm_up()
+    return tracker, recorder
+
+
+def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, options: Options,
+               wait_for_workers: bool = True) -> int:
+    """Run trials here until the study has n_trials counted (a worker: until no slot is open)."""
+    config, data = prepared.config, prepared.dataset
+    before = len(study.trials)
+    counted = runner.count(study).counted
+    if counted >= config.n_trials:
+        return 0
+    folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
+    objective = runner.TrialRunner(config, folds, recorder, runner.worker_id())
+    tally = runner.Tally(config.n_trials, config.max_failures)
+    progress = runner.Progress(config.study_name, config.n_trials, counted, options.quiet, options.log_format)
+    try:
+        if wait_for_workers:
+            runner.run_until_done(study, objective, tally, progress, config.timeout)
+        else:
+            runner.run_worker(study, objective, tally, progress, config.timeout)
+    finally:
+        progress.close()
+    return len(study.trials) - before
+
+
+def _forked_worker(options: Options, prepared: Prepared) -> None:
+    """A --n-jobs worker process: join the study `sweep run` is creating and run its trials."""
+    options = replace(options, quiet=True)  # one progress bar: the main process's
+
+    def work_forked() -> int:
+        study = studies.load_study(options.storage, prepared.config.study_name, wait_s=FORKED_WAIT_S)
+        return work(study, prepared, options)
+
+    os._exit(guard(work_forked, options.debug))
+
+
+def _close_runs(recorder: TrialRecorder, study: Study) -> list[int]:
+    """Close the child runs of interrupted trials, wait for the queued MLflow writes; return the
+    numbers of the trials that could not be logged."""
+    recorder.close_unfinished(study)
+    return recorder.flush()
+
+
+def _report_unlogged(unlogged: list[int]) -> None:
+    if unlogged:
+        say(f"sweep: {len(unlogged)} trials could not be logged to MLflow; they are safe in the Optuna"
+            " storage: run `sweep sync` once the tracking store is back.")
+
+
+def _after_interrupt(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str,
+                     interrupt: Interrupted, unlogged: list[int], options: Options) -> Outcome:
+    """Export and (unless told not to) promote the best so far; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    say(f"sweep: interrupted by {interrupt}; {runner.count(study).counted} of {prepared.config.n_trials}"
+        " trials counted. Run the same command again to resume.")
+    if not options.promote_on_interrupt or studies.best_value(study) is None:
+        _report_unlogged(unlogged)
+        _finish_parent_if_possible(tracker, parent_run_id, "KILLED")
+        return Outcome(interrupt.exit_code)
+    best = _finalize_once(study, prepared, tracker, parent_run_id, "KILLED")
+    return Outcome(interrupt.exit_code, best)
+
+
+# ---------------------------------------------------------------- finalize
+
+def _finalize_once(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str, status: str) -> dict:
+    """finalize, then end the parent run with `status` (FAILED if finalize failed)."""
+    try:
+        best = finalize(study, prepared, tracker, parent_run_id)
+    except (SweepFailed, KeyboardInterrupt):
+        _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
+        raise
+    except Exception as error:  # MLflow's and the network's many types: the store failed us
+        _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
+        raise SweepFailed(
+            f"the tracking store failed while finishing the sweep ({type(error).__name__}: {first_line(error)});"
+            " the trials are safe in the Optuna storage: once the store is back, run `sweep sync`, then"
+            " the same `sweep run` to promote.") from error
+    tracker.finish_parent(parent_run_id, status)
+    return best
+
+
+def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str) -> dict:
+    """Repair the child runs MLflow missed, log the results on the parent run, and promote the
+    best model once per best trial."""
+    config, data = prepared.config, prepared.dataset
+    best = studies.best_export(study)
+    repaired = child_runs.sync(tracker.client, study, config, parent_run_id)
+    if repaired:
+        say(f"repaired {repaired} child runs that were left running or that MLflow had missed.")
+    tracker.log_results(parent_run_id, config.metric, best, study.trials_dataframe())
+    reports.log_plots(tracker.client, parent_run_id, study)
+    if study.user_attrs.get(keys.PROMOTED_TRIAL) == best["trial"]:
+        say(f"best trial {best['trial']} was promoted already; nothing new to promote.")
+        return best
+    model = build_model(config, data.preprocessor, study.best_trial.params)
+    model.fit(data.X_train, data.y_train)
+    holdout = float(scorer_for(config)(model, data.X_test, data.y_test))
+    promotion = tracker.promote(config, parent_run_id, model, data.X_train.head(5), holdout, best["trial"])
+    study.set_user_attr(keys.PROMOTED_TRIAL, best["trial"])
+    say(f"registered {config.model_name!r} version {promotion.version} as @{promotion.alias}"
+        f" (holdout {config.metric} {holdout:.4f})")
+    return best
+
+
+def _finish_parent_if_possible(tracker: Tracker, parent_run_id: str, status: str) -> None:
+    try:
+        tracker.finish_parent(parent_run_id, status)
+    except Exception:  # the store is down: the parent stays RUNNING until the next run or sync
+        pass
+
+
+# ---------------------------------------------------------------- sweep worker, sweep sync
+
+def work(study: Study, prepared: Prepared, options: Options) -> int:
+    """A worker's share of the trials: no parent run of its own, no finalize."""
+    tracker, recorder = open_tracking(options.tracking_uri)
+    parent_run_id = study.user_attrs[keys.PARENT_RUN_ID]
+    recorder.bind(tracker.experiment_of(parent_run_id), parent_run_id, prepared.config)
+    with interrupts():
+        try:
+            ran = run_trials(study, prepared, recorder, options, wait_for_workers=False)
+        except Interrupted as interrupt:
+            _report_unlogged(_close_runs(recorder, study))
+            return interrupt.exit_code
+        except runner.BudgetExceeded as error:
+            _report_unlogged(_close_runs(recorder, study))
+            raise SweepFailed(str(error)) from None
+        _report_unlogged(_close_runs(recorder, study))
+    if not options.quiet:
+        say(f"worker: {ran} trials ran in study {study.study_name!r}.")
+    return 0
+
+
+def sync(study: Study, tracking_uri: str) -> None:
+    """Rebuild the child runs and parent artifacts that MLflow lacks from the Optuna storage."""
+    config = studies.study_config(study)
+    tracker = Tracker(tracking_uri)
+    tracker.check_reachable()
+    known = study.user_attrs[keys.PARENT_RUN_ID]
+    parent_run_id = tracker.parent_run(config, known, resume=False)
+    if parent_run_id != known:
+        study.set_user_attr(keys.PARENT_RUN_ID, parent_run_id)
+        say(f"sync: the parent run was missing; created {parent_run_id}.")
+    changed = child_runs.sync(tracker.client, study, config, parent_run_id)
+    if studies.best_value(study) is not None:
+        tracker.log_results(parent_run_id, config.metric, studies.best_export(study), study.trials_dataframe())
+    say(f"sync: {changed} child runs of study {study.study_name!r} updated"
+        f" ({len(study.trials)} trials in the storage).")

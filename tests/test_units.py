@@ -1,0 +1,238 @@
+"""The pure pieces, without a whole sweep: a trial's evaluation and lock-step pruning, a child-run
+record written twice, slot / budget / progress counts, the study-lookup policy, URI masking."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+import child_runs
+import keys
+import runner
+import studies
+import sweep
+from errors import ConfigError, mask_uri, public_url
+from objective import PRUNING_REPORTS, build_estimator, evaluate, prepare_folds, scorer_for, size_param
+from search_space import parse
+
+SPACE = """\
+study_name: units
+estimator: GradientBoostingClassifier
+data: {dataset: iris}
+metric: accuracy
+cv: 2
+n_trials: 3
+fixed: {n_estimators: 10, random_state: 0}
+params:
+  learning_rate: {type: float, low: 0.05, high: 0.5, log: true}
+  max_depth: {type: int, low: 1, high: 3}
+"""
+
+
+@pytest.fixture(scope="module")
+def config():
+    return parse(SPACE)
+
+
+@pytest.fixture(scope="module")
+def folds(config):
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    return prepare_folds(config, X, y.to_numpy(), None)
+
+
+# ---------------------------------------------------------------- a trial's evaluation
+
+def test_evaluate_scores_every_fold_and_reports_nothing_without_a_pruner(config, folds) -> None:
+    result = evaluate(build_estimator(config, {"learning_rate": 0.1, "max_depth": 2}), folds,
+                      scorer_for(config), size=size_param(config.estimator))
+    assert 0.8 < result.score <= 1.0 and result.score_std >= 0
+
+
+def test_lock_step_pruning_reports_each_chunk_and_ends_where_told(config, folds) -> None:
+    estimator = build_estimator(config, {"learning_rate": 0.1, "max_depth": 2})
+    reported: list[tuple[int, float]] = []
+    grown = evaluate(estimator, folds, scorer_for(config), lambda step, value: reported.append((step, value)))
+    assert [step for step, _ in reported] == list(range(1, 11))  # 10 trees in PRUNING_REPORTS chunks
+    assert len(reported) == PRUNING_REPORTS
+    whole = evaluate(estimator, folds, scorer_for(config))
+    assert grown.score == pytest.approx(whole.score)  # warm-started growth scores as a fit at once
+
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def stop_after_three(step: int, value: float) -> None:
+        seen.append(step)
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        evaluate(estimator, folds, scorer_for(config), stop_after_three)
+    assert seen == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- a trial's child-run record
+
+def finished_trial(number: int = 0) -> optuna.trial.FrozenTrial:
+    trial = create_trial(
+        params={"learning_rate": 0.1}, value=0.9, state=TrialState.COMPLETE,
+        distributions={"learning_rate": FloatDistribution(0.05, 0.5, log=True)},
+        user_attrs={keys.SCORE_STD: 0.01, keys.FIT_TIME_S: 0.5}, intermediate_values={5: 0.85, 10: 0.9},
+    )
+    trial.number = number
+    return trial
+
+
+def test_a_record_written_twice_changes_nothing(config, tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.create_experiment("units")
+    record = child_runs.trial_record(finished_trial(), config, "units", "parent-id")
+    run_id, wrote = child_runs.write_record(client, experiment_id, record)
+    assert wrote
+    again_id, wrote_again = child_runs.write_record(client, experiment_id, record,
+                                                    child_runs.RunState.of(client.get_run(run_id)))
+    assert (again_id, wrote_again) == (run_id, False)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "trial-0"
+    assert run.data.params == {"learning_rate": "0.1", "max_depth": keys.INACTIVE}
+    assert run.data.metrics == {"accuracy": 0.9, "accuracy_std": 0.01, "fit_time_s": 0.5}
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "accuracy")] == [(5, 0.85), (10, 0.9)]
+    assert run.data.tags[keys.PARENT_RUN_TAG] == "parent-id"
+    assert run.data.tags[keys.TRIAL_STATE] == "COMPLETE"
+
+
+# ---------------------------------------------------------------- slots, budget, progress
+
+def study_with(states: list[TrialState]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    for number, state in enumerate(states):
+        value = float(number) if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, value=value, params={}, distributions={}))
+    return study
+
+
+def test_count_is_one_pass_over_the_states() -> None:
+    study = study_with([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE])
+    assert runner.count(study) == runner.Count(counted=3, running=0, best=3.0)
+
+
+def test_a_slot_counts_the_running_trials_asked_before() -> None:
+    study = study_with([TrialState.COMPLETE])
+    first, second = study.ask(), study.ask()
+    assert runner.has_slot(study, 3, first) and runner.has_slot(study, 3, second)
+    assert not runner.has_slot(study, 2, second)  # 1 counted + the first one running fill 2
+    assert runner.has_slot(study, 2, first)
+
+
+def test_the_tally_stops_at_the_total() -> None:
+    study = optuna.create_study(direction="maximize")
+    tally = runner.Tally(total=3, max_failures=0)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=10, callbacks=[tally.add])
+    assert len(study.trials) == 3 and tally.now.counted == 3 and tally.failed == 0
+    tally.check()
+
+
+def test_the_tally_stops_past_the_failure_budget() -> None:
+    study = optuna.create_study(direction="maximize")
+    tally = runner.Tally(total=10, max_failures=1)
+
+    def failing(trial: optuna.Trial) -> float:
+        trial.set_user_attr(keys.ERROR, "ValueError: no")
+        raise ValueError("no")
+
+    study.optimize(failing, n_trials=10, catch=(ValueError,), callbacks=[tally.add])
+    assert len(study.trials) == 2 and tally.failed == 2
+    with pytest.raises(runner.BudgetExceeded, match="stopped after 2 failed trials"):
+        tally.check()
+
+
+def run_with_progress(log_format: str) -> runner.Progress:
+    study = optuna.create_study(direction="maximize")
+    tally = runner.Tally(total=2, max_failures=0)
+    progress = runner.Progress("units", 2, 0, quiet=False, log_format=log_format)
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tally.add(study, trial)
+        progress.show(trial, tally)
+
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=5, callbacks=[callback])
+    progress.close()
+    return progress
+
+
+def test_the_progress_bar_reads_the_tally(capsys: pytest.CaptureFixture) -> None:
+    progress = run_with_progress("text")
+    assert progress.bar.n == 2
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert "2/2" in last and "pruned=0" in last and "failed=0" in last
+
+
+def test_json_lines_replace_the_bar(capsys: pytest.CaptureFixture) -> None:
+    run_with_progress("json")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line["number"], line["state"]) for line in lines] == [(0, "COMPLETE"), (1, "COMPLETE")]
+
+
+# ---------------------------------------------------------------- which study a command means
+
+def test_the_study_lookup_policy(tmp_path: Path) -> None:
+    storage = str(tmp_path / "optuna.journal")
+    with pytest.raises(ConfigError, match="holds no study"):
+        studies.pick_study_name(storage, None, "shipped")
+    assert not Path(storage).exists()  # looking did not create the journal
+    assert studies.pick_study_name(storage, "named", "shipped") == ("named", False)
+    for name in ("older", "newer"):
+        optuna.create_study(study_name=name, storage=studies.open_storage(storage)).optimize(
+            lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    assert studies.pick_study_name(storage, None, "shipped") == ("newer", True)
+    optuna.create_study(study_name="shipped", storage=studies.open_storage(storage))
+    assert studies.pick_study_name(storage, None, "shipped") == ("shipped", False)
+
+
+# ---------------------------------------------------------------- URIs and command-line values
+
+def test_masked_and_public_uris_keep_an_ipv6_host_in_brackets() -> None:
+    assert mask_uri("postgresql://sweeper:secret@[::1]:5432/sweeps") == "postgresql://sweeper:***@[::1]:5432/sweeps"
+    assert mask_uri("postgresql://sweeper:secret@db/sweeps") == "postgresql://sweeper:***@db/sweeps"
+    assert mask_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert public_url("http://user:secret@[::1]:5000/mlflow/") == "http://[::1]:5000/mlflow"
+    assert public_url("https://mlflow.example") == "https://mlflow.example"
+
+
+def test_the_health_probe_of_an_ipv6_server_names_the_refusal(capsys: pytest.CaptureFixture) -> None:
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        port = sock.getsockname()[1]  # free once closed: nothing listens there
+    code = sweep.main(["run", "--tracking-uri", f"http://[::1]:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (f"sweep: tracking URI http://[::1]:{port}: cannot be used: no answer from the server"
+                   " ([Errno 111] Connection refused).\n")
+
+
+def test_a_word_for_n_jobs_is_refused_in_plain_words(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["run", "--n-jobs", "two"])
+    assert exit_.value.code == 2
+    assert "argument --n-jobs: must be an integer >= 1. Got 'two' instead." in capsys.readouterr().err
+
+
+def test_a_typo_under_data_options_is_collected_with_the_other_problems() -> None:
+    text = SPACE.replace("data: {dataset: iris}", "data: {dataset: make_classification, options: {n_rowz: 5}}")
+    with pytest.raises(ConfigError) as caught:
+        parse(text + "samplr: tpe\n")
+    assert caught.value.problems == [
+        "samplr: is not a known key. Did you mean 'sampler'?",
+        "data.options.n_rowz: is not an option of make_classification; known: n_samples, n_features,"
+        " n_informative, n_classes, noise.",
+    ]
