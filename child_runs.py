@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import keys
+import studies
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -130,7 +131,7 @@ def sync(client: MlflowClient, study: Study, config: SweepConfig, parent_run_id:
     runs = runs_by_trial(client, experiment_id, parent_run_id)
     changed = 0
     for trial in study.get_trials(deepcopy=False):
-        if trial.state.name == "RUNNING" or trial.user_attrs.get(keys.SURPLUS):
+        if trial.state.name == "RUNNING" or studies.is_surplus(trial):
             continue
         run = runs.get(trial.number)
         record = trial_record(trial, config, study.study_name, parent_run_id)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from errors import ConfigError
-from search_space import SweepConfig, estimator_class
+from params import estimator_class
+from search_space import SweepConfig
 
 PRUNING_REPORTS = 10  # how many chunks a pruned ensemble is grown in
 

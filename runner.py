@@ -159,7 +159,7 @@ class Tally:
 
     def add(self, study: Study, trial: FrozenTrial) -> None:
         """Count the finished trial; stop the worker at the study's total or past the failure budget."""
-        if trial.state.name == "FAIL" and not trial.user_attrs.get(keys.SURPLUS):
+        if trial.state.name == "FAIL" and not studies.is_surplus(trial):
             self.failed += 1
             self.last_error = trial.user_attrs.get(keys.ERROR, "")
         self.pruned += trial.state.name == "PRUNED"
@@ -185,7 +185,7 @@ class Progress:
                         disable=quiet or self.json_lines, dynamic_ncols=True)
 
     def show(self, trial: FrozenTrial, tally: Tally) -> None:
-        if trial.user_attrs.get(keys.SURPLUS):
+        if studies.is_surplus(trial):
             return
         if self.json_lines:
             line = {**studies.trial_row(trial), "error": trial.user_attrs.get(keys.ERROR)}

@@ -1,4 +1,5 @@
-"""Load and validate search_space.yaml into a frozen SweepConfig; sample it with suggest(trial).
+"""Load and validate search_space.yaml into a frozen SweepConfig (the top-level keys, the data,
+the YAML read safely); sample it with suggest(config, trial). The searched params: params.py.
 
 Every problem is collected and raised once as a ConfigError, one line per problem:
 ``<key path>: <what must hold>. Got <value> instead.``
@@ -6,18 +7,26 @@ Every problem is collected and raised once as a ConfigError, one line per proble
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+import params
 from errors import ConfigError, first_line
+from params import (
+    Param,
+    check_estimator_params,
+    check_grid,
+    check_params,
+    choice_problem,
+    is_number,
+    key_name,
+    unknown_keys,
+)
 
 if TYPE_CHECKING:
     from optuna import Trial
@@ -30,12 +39,6 @@ ESTIMATORS = (
 )
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
-PARAM_TYPES = ("float", "int", "categorical")
-PARAM_KEYS = {
-    "float": ("type", "low", "high", "log", "step", "when"),
-    "int": ("type", "low", "high", "log", "step", "when"),
-    "categorical": ("type", "choices", "when"),
-}
 TOP_KEYS = (
     "experiment", "study_name", "model_name", "estimator", "data", "metric", "cv", "seed",
     "sampler", "pruner", "n_trials", "timeout", "max_failures", "fixed", "params",
@@ -51,14 +54,6 @@ DEFAULTS: dict[str, Any] = {
     "fixed": {},
 }
 MAX_SEED = 2**32 - 1  # numpy's RandomState, behind the samplers and the splits, takes no more
-GRID_LIMIT = 100_000  # combinations; GridSampler holds every one of them in memory
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    distribution: Any  # an optuna.distributions.BaseDistribution
-    when: dict[str, tuple] = field(default_factory=dict)  # sampled only if these params match
 
 
 @dataclass(frozen=True)
@@ -224,14 +219,14 @@ def _holds_itself(root: Any) -> bool:
 
 def _build(raw: dict, text: str) -> SweepConfig:
     problems: list[str] = []
-    problems += _unknown_keys(raw, TOP_KEYS, "")
+    problems += unknown_keys(raw, TOP_KEYS, "")
     values: dict[str, Any] = {**DEFAULTS, **{k: v for k, v in raw.items() if k in TOP_KEYS}}
     experiment = _check_name(values, "experiment", problems) or ""  # "" only with a problem
     study_name = _check_name(values, "study_name", problems, optional=True)
     model_name = _check_name(values, "model_name", problems, optional=True)
     estimator: Any = values.get("estimator")
     if estimator not in ESTIMATORS:
-        problems.append(_choice_problem("estimator", estimator, ESTIMATORS))
+        problems.append(choice_problem("estimator", estimator, ESTIMATORS))
         estimator = None
     data = _check_data(raw.get("data"), problems)
     metric: Any = values.get("metric")
@@ -242,23 +237,23 @@ def _build(raw: dict, text: str) -> SweepConfig:
     n_trials = _check_int(values, "n_trials", 1, problems)
     max_failures = _check_int(values, "max_failures", 0, problems)
     timeout: Any = values.get("timeout")
-    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+    if timeout is not None and (not is_number(timeout) or timeout <= 0):
         problems.append(f"timeout: must be a number of seconds > 0 or null. Got {timeout!r} instead.")
     sampler: Any = values.get("sampler")
     pruner: Any = values.get("pruner")
     if sampler not in SAMPLERS:
-        problems.append(_choice_problem("sampler", sampler, SAMPLERS))
+        problems.append(choice_problem("sampler", sampler, SAMPLERS))
     if pruner not in PRUNERS:
-        problems.append(_choice_problem("pruner", pruner, PRUNERS))
+        problems.append(choice_problem("pruner", pruner, PRUNERS))
     fixed = values.get("fixed") or {}
     if not isinstance(fixed, dict):
         problems.append(f"fixed: must be a mapping of estimator params. Got {fixed!r} instead.")
         fixed = {}
-    params = _check_params(raw.get("params"), problems)
+    searched = check_params(raw.get("params"), problems)
     if estimator:
-        problems += _check_estimator_params(estimator, fixed, params)
+        problems += check_estimator_params(estimator, fixed, searched)
     if sampler == "grid":
-        problems += _check_grid(params)
+        problems += check_grid(searched)
     problems += _check_model_name(model_name, experiment)
     if problems:
         raise ConfigError(problems)
@@ -267,38 +262,8 @@ def _build(raw: dict, text: str) -> SweepConfig:
         experiment=experiment, study_name=study_name, model_name=model_name or experiment,
         estimator=estimator, data=data, metric=metric, cv=cv, seed=seed, sampler=sampler,
         pruner=pruner, n_trials=n_trials, timeout=timeout, max_failures=max_failures,
-        fixed=dict(fixed), params=tuple(params), source=text,
+        fixed=dict(fixed), params=tuple(searched), source=text,
     )
-
-
-def _key(key: Any) -> str:
-    """A YAML key as it goes into a problem's key path: on one line, whatever the key holds."""
-    return key if isinstance(key, str) and key.isprintable() and key else repr(key)
-
-
-def _unknown_keys(raw: dict, allowed: tuple, prefix: str) -> list[str]:
-    problems = []
-    for key in raw:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(allowed)}."
-            problems.append(f"{prefix}{_key(key)}: is not a known key.{hint}")
-    return problems
-
-
-def _choice_problem(path: str, value: Any, choices: tuple) -> str:
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"{path}: must be one of {', '.join(choices)}. Got {value!r} instead.{hint}"
-
-
-def _is_number(value: Any) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False
 
 
 def _check_int(values: dict, key: str, minimum: int, problems: list[str], maximum: int | None = None) -> int:
@@ -334,13 +299,13 @@ def _check_data(raw: Any, problems: list[str]) -> DataConfig:
     if not isinstance(raw, dict):
         problems.append(f"data: must be a mapping with 'dataset' or 'path'. Got {raw!r} instead.")
         return DataConfig()
-    problems += _unknown_keys(raw, DATA_KEYS, "data.")
+    problems += unknown_keys(raw, DATA_KEYS, "data.")
     dataset, path, target = raw.get("dataset"), raw.get("path"), raw.get("target")
     if (dataset is None) == (path is None):
         problems.append("data: must have exactly one of 'dataset' or 'path'."
                         f" Got {sorted(k for k in ('dataset', 'path') if k in raw)} instead.")
     if dataset is not None and dataset not in BUNDLED:
-        problems.append(_choice_problem("data.dataset", dataset, tuple(BUNDLED)))
+        problems.append(choice_problem("data.dataset", dataset, tuple(BUNDLED)))
     if path is not None and not (isinstance(path, str) and path):
         problems.append(f"data.path: must be a CSV or Parquet file path. Got {path!r} instead.")
     if path is not None and not isinstance(target, str):
@@ -353,7 +318,7 @@ def _check_data(raw: Any, problems: list[str]) -> DataConfig:
         problems.append(f"data.drop: must be a list of column names. Got {drop!r} instead.")
         drop = []
     holdout = raw.get("holdout", 0.2)
-    if not _is_number(holdout) or not 0 < holdout < 1:
+    if not is_number(holdout) or not 0 < holdout < 1:
         problems.append(f"data.holdout: must be a fraction > 0 and < 1. Got {holdout!r} instead.")
     options = raw.get("options") or {}
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
@@ -370,257 +335,15 @@ def _check_options(dataset: Any, options: dict) -> list[str]:
         return []
     if not dataset.startswith("make_"):
         return [f"data.options: only synthetic datasets take options, not {dataset}."]
-    return [f"data.options.{_key(k)}: is not an option of {dataset}; known: {', '.join(SYNTHETIC_OPTIONS)}."
+    return [f"data.options.{key_name(k)}: is not an option of {dataset}; known: {', '.join(SYNTHETIC_OPTIONS)}."
             for k in sorted(set(options) - set(SYNTHETIC_OPTIONS))]
 
 
-def _check_params(raw: Any, problems: list[str]) -> list[Param]:
-    if not isinstance(raw, dict) or not raw:
-        problems.append(f"params: must map at least one estimator param to its range. Got {raw!r} instead.")
-        return []
-    names = [str(name) for name in raw]
-    params: list[Param] = []
-    for index, spec in enumerate(raw.values()):
-        param = _check_param(names[index], spec, params, names, problems)
-        if param is not None:
-            params.append(param)
-    return params
-
-
-def _check_param(name: str, spec: Any, earlier: list[Param], names: list[str],
-                 problems: list[str]) -> Param | None:
-    """`names` are every param's, in file order: a `when` on a refused or later one is told apart."""
-    path = f"params.{_key(name)}"
-    if not isinstance(spec, dict):
-        problems.append(f"{path}: must be a mapping with a 'type'. Got {spec!r} instead.")
-        return None
-    kind = spec.get("type")
-    if kind not in PARAM_TYPES:
-        problems.append(_choice_problem(f"{path}.type", kind, PARAM_TYPES))
-        return None
-    found = len(problems)
-    problems += _unknown_keys(spec, PARAM_KEYS[kind], f"{path}.")
-    distribution = (_categorical(spec, path, problems) if kind == "categorical"
-                    else _numeric(kind, spec, path, problems))
-    at = names.index(name)
-    when = _check_when(spec.get("when"), path, earlier, (names[:at], names[at + 1:]), problems)
-    if len(problems) > found or distribution is None:
-        return None
-    return Param(name=name, distribution=distribution, when=when)
-
-
-def _categorical(spec: dict, path: str, problems: list[str]) -> Any:
-    from optuna.distributions import CategoricalDistribution
-
-    choices = spec.get("choices")
-    if not isinstance(choices, list) or not choices:
-        problems.append(f"{path}.choices: must be a non-empty list. Got {choices!r} instead.")
-        return None
-    if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
-        problems.append(f"{path}.choices: must hold only strings, numbers, booleans or null. Got {choices!r} instead.")
-        return None
-    if len(set(map(repr, choices))) != len(choices):
-        problems.append(f"{path}.choices: must not repeat a value. Got {choices!r} instead.")
-        return None
-    return CategoricalDistribution(choices)
-
-
-def _numeric(kind: str, spec: dict, path: str, problems: list[str]) -> Any:
-    from optuna.distributions import FloatDistribution, IntDistribution
-
-    is_int = kind == "int"
-    valid = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if is_int else _is_number
-    word = "an integer" if is_int else "a number"
-    low: Any = spec.get("low")
-    high: Any = spec.get("high")
-    log: Any = spec.get("log", False)
-    step: Any = spec.get("step")
-    before = len(problems)
-    for key, value in (("low", low), ("high", high)):
-        if not valid(value):
-            problems.append(f"{path}.{key}: must be {word}. Got {value!r} instead.")
-    if not isinstance(log, bool):
-        problems.append(f"{path}.log: must be true or false. Got {log!r} instead.")
-    if step is not None and (not valid(step) or step <= 0):
-        problems.append(f"{path}.step: must be {word} > 0. Got {step!r} instead.")
-    if len(problems) > before:
-        return None
-    if low > high:
-        problems.append(f"{path}: low <= high must hold. Got low={low!r}, high={high!r} instead.")
-    if log is True and step is not None and (step != 1 or not is_int):  # Optuna's own rule
-        problems.append(f"{path}.step: cannot be set when log is true. Got {step!r} instead.")
-    if log is True and low <= 0:
-        problems.append(f"{path}.low: must be > 0 when log is true. Got {low!r} instead.")
-    if step is not None and low <= high and not _divides(step, high - low):
-        problems.append(f"{path}.step: must divide high - low ({high - low!r}). Got {step!r} instead.")
-    if len(problems) > before:
-        return None
-    if is_int:
-        return IntDistribution(low, high, log=log, step=step or 1)
-    return FloatDistribution(float(low), float(high), log=log, step=None if step is None else float(step))
-
-
-def _divides(step: float, span: float) -> bool:
-    if isinstance(step, int) and isinstance(span, int):
-        return span % step == 0
-    quotient = span / step
-    return math.isfinite(quotient) and math.isclose(quotient, round(quotient), rel_tol=0, abs_tol=1e-8)
-
-
-def _check_when(raw: Any, path: str, earlier: list[Param], around: tuple[list[str], list[str]],
-                problems: list[str]) -> dict[str, tuple]:
-    """`around`: the names of the params above this one and below it, valid or not."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or not raw:
-        problems.append(f"{path}.when: must map an earlier param to its value(s). Got {raw!r} instead.")
-        return {}
-    known = {p.name: p for p in earlier}
-    above, below = around
-    when: dict[str, tuple] = {}
-    for key, wanted in raw.items():
-        other, where = str(key), f"{path}.when.{_key(key)}"
-        values = tuple(wanted) if isinstance(wanted, list) else (wanted,)
-        if other in above and other not in known:
-            continue  # that param was refused, and its own problem says why
-        if other not in known:
-            close = difflib.get_close_matches(other, list(known), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            if other in below:
-                hint = f" It is defined below; move {other!r} above this one."
-            problems.append(f"{where}: must name a param defined above this one. Got {key!r} instead.{hint}")
-            continue
-        if not _can_take(known[other].distribution, values):
-            problems.append(f"{where}: must be among {_values_of(known[other].distribution)}."
-                            f" Got {wanted!r} instead.")
-            continue
-        when[other] = values
-    return when
-
-
-def _can_take(distribution: Any, values: tuple) -> bool:
-    choices = getattr(distribution, "choices", None)
-    if choices is not None:
-        return all(v in choices for v in values)
-    return all(_is_number(v) and distribution.low <= v <= distribution.high for v in values)
-
-
-def _values_of(distribution: Any) -> str:
-    choices = getattr(distribution, "choices", None)
-    if choices is not None:
-        return repr(list(choices))
-    return f"the numbers from {distribution.low!r} to {distribution.high!r}"
-
-
-def _check_estimator_params(estimator: str, fixed: dict, params: list[Param]) -> list[str]:
-    """Names must be the estimator's params and every value must be one it accepts."""
-    cls = estimator_class(estimator)
-    known = tuple(cls().get_params())
-    problems = []
-    for section, names in (("fixed", list(fixed)), ("params", [p.name for p in params])):
-        for name in names:
-            if name not in known:
-                close = difflib.get_close_matches(str(name), known, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                problems.append(f"{section}.{_key(name)}: is not a parameter of {estimator}.{hint}")
-    overlap = sorted(set(fixed) & {p.name for p in params})
-    problems += [f"fixed.{name}: is also in params; keep it in one place." for name in overlap]
-    if problems:
-        return problems
-    problems += [f"fixed.{name}: {msg}" for name, msg in _rejected(cls, {n: [v] for n, v in fixed.items()})]
-    edges = {p.name: _edge_values(p.distribution) for p in params}
-    problems += [f"params.{name}: {msg}" for name, msg in _rejected(cls, edges)]
-    return problems
-
-
-def _rejected(cls: type, candidates: dict[str, list]) -> list[tuple[str, str]]:
-    """(name, scikit-learn's own message) for each candidate value the estimator refuses."""
-    rejected = []
-    for name, values in candidates.items():
-        for value in values:
-            try:
-                cls(**{name: value})._validate_params()
-            except (TypeError, ValueError) as error:
-                rejected.append((name, str(error)))
-                break
-    return rejected
-
-
-def _edge_values(distribution: Any) -> list:
-    choices = getattr(distribution, "choices", None)
-    return list(choices) if choices is not None else [distribution.low, distribution.high]
-
-
-def _check_grid(params: list[Param]) -> list[str]:
-    """Every param must have finitely many values, and not too many combinations of them."""
-    problems = [f"params.{_key(p.name)}: must be categorical, an int or a float with a step when sampler"
-                f" is grid. Got {p.distribution!r} instead." for p in params if _grid_size(p) is None]
-    if problems:
-        return problems
-    total = math.prod(_grid_size(p) or 1 for p in params)  # none is None: checked above
-    if total > GRID_LIMIT:
-        problems.append(f"params: must make at most {GRID_LIMIT} combinations when sampler is grid."
-                        f" Got {total} instead.")
-    return problems
-
-
-def _grid_size(param: Param) -> int | None:
-    """How many values the grid holds for this param (None: a continuous range), without listing them."""
-    from optuna.distributions import IntDistribution
-
-    d = param.distribution
-    if hasattr(d, "choices"):
-        return len(d.choices)
-    if isinstance(d, IntDistribution):
-        return (d.high - d.low) // d.step + 1  # log ones have step 1
-    if d.step is None:
-        return None
-    return round((d.high - d.low) / d.step) + 1
-
-
-def _grid_values(param: Param) -> list:
-    from optuna.distributions import IntDistribution
-
-    d = param.distribution
-    if hasattr(d, "choices"):
-        return list(d.choices)
-    if isinstance(d, IntDistribution):
-        return list(range(d.low, d.high + 1, d.step))
-    # In decimal, so the values are the ones written (0.1 + 3 * 0.2 is 0.7, not 0.7000000000000001),
-    # and never above high, where scikit-learn may refuse them (subsample 1.0000000000000002).
-    low, step = Decimal(repr(d.low)), Decimal(repr(d.step))
-    return [min(d.high, float(low + i * step)) for i in range(_grid_size(param) or 0)]
+def suggest(config: SweepConfig, trial: Trial) -> dict[str, Any]:
+    """Sample the active params of one trial (params.suggest on the config's params)."""
+    return params.suggest(config.params, trial)
 
 
 def grid(config: SweepConfig) -> dict[str, list]:
     """The grid sampler's search space: every value of every param."""
-    return {p.name: _grid_values(p) for p in config.params}
-
-
-def estimator_class(name: str) -> type:
-    from sklearn import ensemble
-
-    return getattr(ensemble, name)
-
-
-def suggest(config: SweepConfig, trial: Trial) -> dict[str, Any]:
-    """Sample the active params of one trial, in file order (conditions look at earlier params)."""
-    params: dict[str, Any] = {}
-    for param in config.params:
-        if all(params.get(other, _MISSING) in values for other, values in param.when.items()):
-            params[param.name] = _suggest_one(trial, param)
-    return params
-
-
-_MISSING = object()
-
-
-def _suggest_one(trial: Trial, param: Param) -> Any:
-    from optuna.distributions import IntDistribution
-
-    d = param.distribution
-    if hasattr(d, "choices"):
-        return trial.suggest_categorical(param.name, d.choices)
-    if isinstance(d, IntDistribution):
-        return trial.suggest_int(param.name, d.low, d.high, step=d.step, log=d.log)
-    return trial.suggest_float(param.name, d.low, d.high, step=d.step, log=d.log)
+    return params.grid(config.params)

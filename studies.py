@@ -263,6 +263,12 @@ def best_export(study: Study) -> dict:
             "params": {**fixed, **best.params}}
 
 
+def is_surplus(trial: FrozenTrial) -> bool:
+    """A trial refused a slot (other workers' trials filled the total): failed, but it counts
+    nowhere: not against max_failures, not in the progress line, and it gets no child run."""
+    return bool(trial.user_attrs.get(keys.SURPLUS))
+
+
 def trial_row(trial: FrozenTrial) -> dict:
     """number, state, value, params (the active ones), duration_s, run_id: one row, one JSON line."""
     duration = trial.duration.total_seconds() if trial.duration is not None else None

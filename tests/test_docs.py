@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import params
 import search_space
 import sweep
 
@@ -122,7 +123,7 @@ def test_data_key_is_in_the_table(readme: str, key: str) -> None:
     assert f"data.{key}" in key_table_names(readme), f"the README's key table has no row for `data.{key}`"
 
 
-@pytest.mark.parametrize("key", sorted({k for keys in search_space.PARAM_KEYS.values() for k in keys}))
+@pytest.mark.parametrize("key", sorted({k for keys in params.PARAM_KEYS.values() for k in keys}))
 def test_param_key_is_in_the_table(readme: str, key: str) -> None:
     assert key in key_table_names(readme), f"the README's param spec table has no row for `{key}`"
 

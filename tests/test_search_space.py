@@ -20,10 +20,12 @@ from hypothesis import strategies as st
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 import lifecycle
+import params
 import search_space
 import sweep
 from errors import ConfigError
-from search_space import BUNDLED, DataConfig, Param, SweepConfig, parse, suggest
+from params import Param
+from search_space import BUNDLED, DataConfig, SweepConfig, parse, suggest
 
 ROOT = Path(__file__).resolve().parents[1]
 STORES = ("mlflow.db", "optuna.journal", "mlruns")
@@ -512,8 +514,8 @@ def test_suggest_samples_a_conditional_param_only_when_its_condition_holds() -> 
 # ---------------------------------------------------------------- fuzz: parse() only returns or refuses
 
 WORDS = sorted({
-    *search_space.TOP_KEYS, *search_space.DATA_KEYS, *search_space.PARAM_KEYS["float"], "choices",
-    *search_space.ESTIMATORS, *search_space.SAMPLERS, *search_space.PRUNERS, *search_space.PARAM_TYPES,
+    *search_space.TOP_KEYS, *search_space.DATA_KEYS, *params.PARAM_KEYS["float"], "choices",
+    *search_space.ESTIMATORS, *search_space.SAMPLERS, *search_space.PRUNERS, *params.PARAM_TYPES,
     *BUNDLED, "learning_rate", "max_depth", "subsample", "loss", "ccp_alpha", "n_estimators", "class_weight",
     "exponential", "log_loss", "sqrt", "roc_auc",
 })
