@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Fold:
 class TrialResult:
     score: float  # mean over the folds
     score_std: float
+    fit_time_s: float  # fitting and scoring every fold
 
 
 class TrialFailed(Exception):
@@ -129,6 +131,7 @@ def evaluate(estimator: Any, folds: list[Fold], scorer: Callable,
     models = [clone(estimator) for _ in folds]
     total = estimator.get_params()[size]
     steps = _chunks(total) if report is not None else [total]
+    started = time.perf_counter()
     for step in steps:
         scores = [_fit_score(model, fold, scorer, {size: step, "warm_start": report is not None})
                   for model, fold in zip(models, folds, strict=True)]
@@ -138,7 +141,7 @@ def evaluate(estimator: Any, folds: list[Fold], scorer: Callable,
         if report is not None:
             report(step, mean)  # raises optuna.TrialPruned to stop here
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-    return TrialResult(score=mean, score_std=std)
+    return TrialResult(score=mean, score_std=std, fit_time_s=time.perf_counter() - started)
 
 
 def _fit_score(model: Any, fold: Fold, scorer: Callable, params: dict) -> float:
