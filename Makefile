@@ -34,5 +34,6 @@ clean:
 # make bench: sweep against the bare floor and the usual alternatives (quick; bench/bench.py --full for the big run).
 .PHONY: bench
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/scaling.py   # workers on PostgreSQL vs the journal file (needs the local PostgreSQL)
