@@ -7,6 +7,7 @@ It takes plain values (a config path, an Options); sweep.py turns the command li
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterator
@@ -22,17 +23,17 @@ import reports
 import runner
 import search_space
 import studies
+import tracking
 from errors import ConfigError, SweepFailed, first_line, guard, say
 from objective import build_model, check_metric, prepare_folds, scorer_for
+from recorder import Agent, Job, TrialRecorder
 from search_space import SweepConfig
-from tracking import Tracker, use_quick_client_settings
+from tracking import Tracker
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from optuna import Study
-
-    from child_runs import TrialRecorder
 
 FORKED_WAIT_S = 120  # how long --n-jobs workers wait for the study (validating the stores comes first)
 
@@ -56,6 +57,7 @@ class Options:
     log_format: str = "text"
     promote_on_interrupt: bool = True
     debug: bool = False
+    threads: int | None = None  # OpenMP/BLAS threads per worker process (None: the libraries' default)
 
 
 @dataclass(frozen=True)
@@ -119,54 +121,50 @@ def prepare_from_study(study: Study, local_config: Path | None) -> Prepared:
 # ---------------------------------------------------------------- sweep run
 
 def run(prepared: Prepared, options: Options) -> Outcome:
-    """Open both stores, run the trials (here and in workers), then finalize once."""
-    # Workers fork now, with the data loaded and nothing opened yet: no import or load again,
-    # and no database connection shared across processes. They wait for the study.
-    workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared)
+    """Check the tracking store, fork the recorder and the workers, open the study, run the
+    trials (here and in the workers), then finalize once (in the recorder)."""
+    must_open_first = tracking.precheck(options.tracking_uri, prepared.config.experiment)
+    runner.limit_threads(options.threads)
+    # The recorder and the workers fork now, with the data loaded and nothing opened yet: no
+    # import or load again, and no database connection shared across processes.
+    recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config, _jobs(prepared))
+    workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared, recorder)
     try:
-        return _run_sweep(prepared, options, workers)
+        if must_open_first:  # a refused sweep creates no study
+            recorder.wait_ready()
+        return _run_sweep(prepared, options, recorder, workers)
     except BaseException as error:
         runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
         raise
+    finally:
+        recorder.stop()
 
 
-def _run_sweep(prepared: Prepared, options: Options, workers: list[BaseProcess]) -> Outcome:
+def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
+               workers: list[BaseProcess]) -> Outcome:
     config = prepared.config
-    tracker, recorder = open_tracking(options.tracking_uri)
     study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest)
-    parent_run_id = tracker.parent_run(config, study.user_attrs.get(keys.PARENT_RUN_ID))
     study.set_user_attr(keys.N_TRIALS, config.n_trials)
-    study.set_user_attr(keys.PARENT_RUN_ID, parent_run_id)  # last: workers wait for it
-    recorder.bind(tracker.experiment_of(parent_run_id), parent_run_id, config)
+    # Before trial 0, so that every trial's child run is created, and linked, while it runs.
+    recorder.call("parent", study.user_attrs.get(keys.PARENT_RUN_ID))
     with interrupts():
         try:
             ran = run_trials(study, prepared, recorder, options)
             runner.stop_workers(workers)
         except Interrupted as interrupt:
             runner.stop_workers(workers, interrupt.signum)
-            unlogged = _close_runs(recorder, study)
-            return _after_interrupt(study, prepared, tracker, parent_run_id, interrupt, unlogged, options)
+            return _after_interrupt(study, prepared, recorder, interrupt, options)
         except runner.BudgetExceeded as error:
             runner.stop_workers(workers, signal.SIGTERM)
             _report_unlogged(_close_runs(recorder, study))
-            _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
+            recorder.call("finish_parent", "FAILED")
             raise SweepFailed(str(error)) from None
         _close_runs(recorder, study)  # what it missed, finalize repairs
         say(f"study {config.study_name!r}: {ran} trials ran now, {runner.count(study).counted} of"
             f" {config.n_trials} counted.")
-        best = _finalize_once(study, prepared, tracker, parent_run_id, "FINISHED")
+        best = recorder.call("finalize", "FINISHED")
     say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
     return Outcome(0, best)
-
-
-def open_tracking(tracking_uri: str) -> tuple[Tracker, TrialRecorder]:
-    """The tracking store, checked, with the child-run logger forked before this process opens it."""
-    use_quick_client_settings()  # the logger inherits them
-    recorder = child_runs.TrialRecorder(tracking_uri)
-    tracker = Tracker(tracking_uri)
-    tracker.check_reachable()
-    recorder.warm_up()
-    return tracker, recorder
 
 
 def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, options: Options,
@@ -178,8 +176,8 @@ def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, option
     if counted >= config.n_trials:
         return 0
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
-    objective = runner.TrialRunner(config, folds, recorder, runner.worker_id())
     tally = runner.Tally(config.n_trials, config.max_failures)
+    objective = runner.TrialRunner(config, folds, recorder, runner.worker_id(), tally.counter)
     progress = runner.Progress(config.study_name, config.n_trials, counted, options.quiet, options.log_format)
     try:
         if wait_for_workers:
@@ -191,15 +189,29 @@ def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, option
     return len(study.trials) - before
 
 
-def _forked_worker(options: Options, prepared: Prepared) -> None:
-    """A --n-jobs worker process: join the study `sweep run` is creating and run its trials."""
+def _forked_worker(options: Options, prepared: Prepared, recorder: TrialRecorder) -> None:
+    """A --n-jobs worker process: join the study `sweep run` is creating and run its trials; its
+    child runs go to the sweep's recorder."""
     options = replace(options, quiet=True)  # one progress bar: the main process's
 
     def work_forked() -> int:
         study = studies.load_study(options.storage, prepared.config.study_name, wait_s=FORKED_WAIT_S)
-        return work(study, prepared, options)
+        with interrupts():
+            try:
+                run_trials(study, prepared, recorder, options, wait_for_workers=False)
+            except Interrupted as interrupt:
+                return interrupt.exit_code
+            except runner.BudgetExceeded:
+                return 1  # `sweep run` counts the failures too, and says so
+            finally:
+                recorder.close_unfinished(study)
+        return 0
 
-    os._exit(guard(work_forked, options.debug))
+    try:
+        code = guard(work_forked, options.debug)
+    finally:
+        recorder.detach()
+    os._exit(code)
 
 
 def _close_runs(recorder: TrialRecorder, study: Study) -> list[int]:
@@ -210,41 +222,64 @@ def _close_runs(recorder: TrialRecorder, study: Study) -> list[int]:
 
 
 def _report_unlogged(unlogged: list[int]) -> None:
-    if unlogged:
+    if unlogged == [-1]:
+        say("sweep: the MLflow recorder stopped before it wrote every trial; they are safe in the"
+            " Optuna storage: run `sweep sync` once the tracking store is back.")
+    elif unlogged:
         say(f"sweep: {len(unlogged)} trials could not be logged to MLflow; they are safe in the Optuna"
             " storage: run `sweep sync` once the tracking store is back.")
 
 
-def _after_interrupt(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str,
-                     interrupt: Interrupted, unlogged: list[int], options: Options) -> Outcome:
+def _after_interrupt(study: Study, prepared: Prepared, recorder: TrialRecorder, interrupt: Interrupted,
+                     options: Options) -> Outcome:
     """Export and (unless told not to) promote the best so far; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    unlogged = _close_runs(recorder, study)
     say(f"sweep: interrupted by {interrupt}; {runner.count(study).counted} of {prepared.config.n_trials}"
         " trials counted. Run the same command again to resume.")
     if not options.promote_on_interrupt or studies.best_value(study) is None:
         _report_unlogged(unlogged)
-        _finish_parent_if_possible(tracker, parent_run_id, "KILLED")
+        recorder.call("finish_parent", "KILLED")
         return Outcome(interrupt.exit_code)
-    best = _finalize_once(study, prepared, tracker, parent_run_id, "KILLED")
-    return Outcome(interrupt.exit_code, best)
+    return Outcome(interrupt.exit_code, recorder.call("finalize", "KILLED"))
 
 
-# ---------------------------------------------------------------- finalize
+# ---------------------------------------------------------------- the recorder's jobs
 
-def _finalize_once(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str, status: str) -> dict:
+def _jobs(prepared: Prepared) -> dict[str, Job]:
+    """What `sweep run` asks of its recorder process, which has MLflow imported and the store open."""
+    return {"parent": _open_parent,
+            "finalize": functools.partial(_finalize_once, prepared),
+            "finish_parent": _finish_parent_if_possible}
+
+
+def _open_parent(agent: Agent, known_run_id: str | None) -> str:
+    """Create the study's parent run, or resume the one it has; link them both ways."""
+    parent_run_id = Tracker(agent.uri).parent_run(agent.config, known_run_id)
+    agent.bind(parent_run_id)
+    agent.study().set_user_attr(keys.PARENT_RUN_ID, parent_run_id)  # `sweep worker`s wait for it
+    return parent_run_id
+
+
+def _finalize_once(prepared: Prepared, agent: Agent, status: str) -> dict:
     """finalize, then end the parent run with `status` (FAILED if finalize failed)."""
+    if not agent.parent_run_id:
+        raise SweepFailed(_STORE_FAILED.format(cause="the parent run could not be created"))
+    tracker = Tracker(agent.uri)
     try:
-        best = finalize(study, prepared, tracker, parent_run_id)
-    except (SweepFailed, KeyboardInterrupt):
-        _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
+        best = finalize(agent.study(), prepared, tracker, agent.parent_run_id)
+    except SweepFailed:
+        _finish_parent_if_possible(agent, "FAILED")
         raise
     except Exception as error:  # MLflow's and the network's many types: the store failed us
-        _finish_parent_if_possible(tracker, parent_run_id, "FAILED")
-        raise SweepFailed(
-            f"the tracking store failed while finishing the sweep ({type(error).__name__}: {first_line(error)});"
-            " the trials are safe in the Optuna storage: once the store is back, run `sweep sync`, then"
-            " the same `sweep run` to promote.") from error
-    tracker.finish_parent(parent_run_id, status)
+        _finish_parent_if_possible(agent, "FAILED")
+        raise SweepFailed(_STORE_FAILED.format(cause=f"{type(error).__name__}: {first_line(error)}")) from error
+    tracker.finish_parent(agent.parent_run_id, status)
     return best
+
+
+_STORE_FAILED = ("the tracking store failed while finishing the sweep ({cause}); the trials are safe in"
+                 " the Optuna storage: once the store is back, run `sweep sync`, then the same"
+                 " `sweep run` to promote.")
 
 
 def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str) -> dict:
@@ -270,9 +305,10 @@ def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: 
     return best
 
 
-def _finish_parent_if_possible(tracker: Tracker, parent_run_id: str, status: str) -> None:
+def _finish_parent_if_possible(agent: Agent, status: str) -> None:
     try:
-        tracker.finish_parent(parent_run_id, status)
+        if agent.parent_run_id:
+            Tracker(agent.uri).finish_parent(agent.parent_run_id, status)
     except Exception:  # the store is down: the parent stays RUNNING until the next run or sync
         pass
 
@@ -281,19 +317,24 @@ def _finish_parent_if_possible(tracker: Tracker, parent_run_id: str, status: str
 
 def work(study: Study, prepared: Prepared, options: Options) -> int:
     """A worker's share of the trials: no parent run of its own, no finalize."""
-    tracker, recorder = open_tracking(options.tracking_uri)
-    parent_run_id = study.user_attrs[keys.PARENT_RUN_ID]
-    recorder.bind(tracker.experiment_of(parent_run_id), parent_run_id, prepared.config)
-    with interrupts():
-        try:
-            ran = run_trials(study, prepared, recorder, options, wait_for_workers=False)
-        except Interrupted as interrupt:
+    runner.limit_threads(options.threads)
+    tracking.precheck(options.tracking_uri, prepared.config.experiment)
+    recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config)
+    try:
+        recorder.wait_ready()
+        recorder.bind(study.user_attrs[keys.PARENT_RUN_ID])
+        with interrupts():
+            try:
+                ran = run_trials(study, prepared, recorder, options, wait_for_workers=False)
+            except Interrupted as interrupt:
+                _report_unlogged(_close_runs(recorder, study))
+                return interrupt.exit_code
+            except runner.BudgetExceeded as error:
+                _report_unlogged(_close_runs(recorder, study))
+                raise SweepFailed(str(error)) from None
             _report_unlogged(_close_runs(recorder, study))
-            return interrupt.exit_code
-        except runner.BudgetExceeded as error:
-            _report_unlogged(_close_runs(recorder, study))
-            raise SweepFailed(str(error)) from None
-        _report_unlogged(_close_runs(recorder, study))
+    finally:
+        recorder.stop()
     if not options.quiet:
         say(f"worker: {ran} trials ran in study {study.study_name!r}.")
     return 0

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import keys
@@ -30,11 +30,12 @@ if TYPE_CHECKING:
     from optuna import Study, Trial
     from optuna.trial import FrozenTrial
 
-    from child_runs import TrialRecorder
+    from recorder import TrialRecorder
 
 POLL_S = 1.0  # how often a finishing `sweep run` looks at other workers' running trials
 WORKER_STOP_S = 30  # how long workers get to close their trial after an interrupt
-RUN_LINK_WAIT_S = 2  # the run is created while the trial fits; wait this long at most for its id
+RUN_LINK_WAIT_S = 2  # the recorder links the run while the trial fits; a trial ending first waits this long
+LINK_POLL_S = 0.002
 
 
 class BudgetExceeded(Exception):
@@ -54,8 +55,9 @@ class TrialRunner:
     """
 
     def __init__(self, config: SweepConfig, folds: list[Fold], recorder: TrialRecorder,
-                 worker: str = "") -> None:
+                 worker: str = "", counter: TrialCounter | None = None) -> None:
         self.config, self.folds, self.recorder, self.worker = config, folds, recorder, worker
+        self.counter = counter or TrialCounter()
         self.scorer = scorer_for(config)
         self.size = size_param(config.estimator)
         self.pruning = config.pruner != "none"
@@ -64,7 +66,7 @@ class TrialRunner:
         import optuna
 
         trial.set_user_attr(keys.WORKER, self.worker)
-        if not has_slot(trial.study, self.config.n_trials, trial):
+        if not self.counter.has_slot(trial.study, self.config.n_trials, trial):
             trial.set_user_attr(keys.SURPLUS, True)
             trial.study.stop()
             raise TrialFailed("surplus: other workers' trials already fill the study's total")
@@ -104,45 +106,77 @@ def _reporter(trial: Trial) -> Callable[[int, float], None]:
 
 
 def _link_run(trial: Trial, recorder: TrialRecorder) -> None:
-    """Keep the child run id on the trial (when the store answered), for the UI links and sync."""
-    run_id = recorder.run_id(trial.number, RUN_LINK_WAIT_S)
-    if run_id is not None:  # else the store is down or slow: `sweep sync` finds the run by its tags
-        trial.set_user_attr(keys.RUN_ID, run_id)
+    """Let the recorder finish linking the child run to the trial, when the trial ended first.
+
+    The recorder writes the run id into the trial while it runs, so a trial that fits for longer
+    than a request takes never waits here; a shorter one waits for its link (at most
+    RUN_LINK_WAIT_S, and not at all while the store is down: then `sweep sync` finds the run by
+    its tags), since a finished trial cannot take it any more.
+    """
+    deadline = time.monotonic() + RUN_LINK_WAIT_S
+    while not _linked(trial) and not recorder.store_down.is_set() and time.monotonic() < deadline:
+        time.sleep(LINK_POLL_S)
 
 
-def has_slot(study: Study, total: int, trial: Trial) -> bool:
-    """Whether this just-asked trial is within the total, counting the running trials asked before it."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
-    return counted + ahead < total
+def _linked(trial: Trial) -> bool:
+    """Whether the trial holds its run id, as the storage says (a Trial caches its own attrs, and
+    the recorder wrote this one from its process)."""
+    return keys.RUN_ID in trial.study.get_trials(deepcopy=False)[trial.number].user_attrs
 
 
-# ---------------------------------------------------------------- counting finished trials
+# ---------------------------------------------------------------- counting trials
 
 @dataclass(frozen=True)
 class Count:
-    """The study's trials at one moment, from one pass over them."""
+    """The study's trials at one moment."""
 
     counted: int  # completed and pruned: what --n-trials counts
     running: int
     best: float | None  # the best completed value (the study maximizes)
 
 
-def count(study: Study) -> Count:
-    from optuna.trial import TrialState
+class TrialCounter:
+    """Counts the study's trials incrementally: each look reads only the trials that were
+    unfinished at the last look and the new ones (a finished trial never changes), so a
+    worker's cost per trial does not grow with the study."""
 
-    counted = running = 0
-    best = None
-    for trial in study.get_trials(deepcopy=False):
-        counted += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        running += trial.state == TrialState.RUNNING
-        if trial.state == TrialState.COMPLETE and trial.value is not None \
-                and (best is None or trial.value > best):
-            best = trial.value
-    return Count(counted, running, best)
+    def __init__(self) -> None:
+        self._seen = 0
+        self._unfinished: set[int] = set()  # numbers of the trials running or waiting at the last look
+        self._running: list[int] = []
+        self._counted = 0
+        self._best: float | None = None
+
+    def count(self, study: Study) -> Count:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)  # by number: trials[n].number == n
+        self._running = []
+        for number in [*self._unfinished, *range(self._seen, len(trials))]:
+            trial = trials[number]
+            if not trial.state.is_finished():
+                self._unfinished.add(number)
+                if trial.state == TrialState.RUNNING:
+                    self._running.append(number)
+                continue
+            self._unfinished.discard(number)
+            self._counted += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            if trial.state == TrialState.COMPLETE and trial.value is not None \
+                    and (self._best is None or trial.value > self._best):
+                self._best = trial.value
+        self._seen = len(trials)
+        return Count(self._counted, len(self._running), self._best)
+
+    def has_slot(self, study: Study, total: int, trial: Trial) -> bool:
+        """Whether this just-asked trial is within the total, counting the running trials asked before it."""
+        now = self.count(study)
+        ahead = sum(number < trial.number for number in self._running)
+        return now.counted + ahead < total
+
+
+def count(study: Study) -> Count:
+    """One look at every trial of the study."""
+    return TrialCounter().count(study)
 
 
 @dataclass
@@ -152,6 +186,7 @@ class Tally:
 
     total: int
     max_failures: int
+    counter: TrialCounter = field(default_factory=TrialCounter)
     failed: int = 0
     pruned: int = 0
     last_error: str = ""
@@ -163,7 +198,7 @@ class Tally:
             self.failed += 1
             self.last_error = trial.user_attrs.get(keys.ERROR, "")
         self.pruned += trial.state.name == "PRUNED"
-        self.now = count(study)
+        self.now = self.counter.count(study)
         if self.failed > self.max_failures or self.now.counted + self.now.running >= self.total:
             study.stop()
 
@@ -216,7 +251,7 @@ def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Pro
         if progress is not None:
             progress.show(trial, tally)
 
-    now = count(study)
+    now = tally.counter.count(study)
     if now.counted + now.running < tally.total:
         study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
     tally.check()
@@ -232,7 +267,7 @@ def run_until_done(study: Study, objective: TrialRunner, tally: Tally, progress:
         if left is not None and left <= 0:
             return
         run_worker(study, objective, tally, progress, left)
-        now = count(study)
+        now = tally.counter.count(study)
         if now.counted >= tally.total:
             return
         if now.running:
@@ -277,6 +312,24 @@ def fail_stale_trials(study: Study) -> None:
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={keys.RETRY_OF: trial.number})
+
+
+def limit_threads(threads: int | None) -> None:
+    """Cap this process's OpenMP and BLAS threads (HistGradientBoosting fits with OpenMP).
+
+    Workers side by side, each with as many threads as the machine has cores, fight for them:
+    two HistGradientBoosting fits at once ran 40 times slower here. joblib's process workers
+    get their share of the cores; so do ours.
+    """
+    if threads is None:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+
+
+def cores_per_worker(n_jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // n_jobs)
 
 
 def fork_workers(n: int, target: Callable[..., None], *args: Any) -> list[BaseProcess]:

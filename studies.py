@@ -178,25 +178,28 @@ def check_same_sweep(study: Study, config: SweepConfig, data_digest: str) -> Non
             " give it the same data or pick a new --study-name."])
 
 
-def load_study(storage_spec: str, name: str, wait_s: float = 0) -> Study:
-    """An existing sweep's study; wait up to `wait_s` for `sweep run` to create it."""
+LOAD_POLL_S = 0.1  # how often a waiting worker looks for the study: it starts as soon as it is there
+
+
+def load_study(storage_spec: str, name: str, wait_s: float = 0, attr: str = keys.PARENT_RUN_ID) -> Study:
+    """An existing sweep's study, once it has `attr`; wait up to `wait_s` for `sweep run` to create it."""
     deadline = time.monotonic() + wait_s
+    storage = None
     while True:
-        study = _existing_study(storage_spec, name)
-        if study is not None and keys.PARENT_RUN_ID in study.user_attrs:
+        if storage is None and ("://" in storage_spec or _file_exists(storage_spec)):
+            storage = open_storage(storage_spec)  # once: a journal file is not created by looking
+        study = _existing_study(storage, name) if storage is not None else None
+        if study is not None and attr in study.user_attrs:
             return study
         if time.monotonic() >= deadline:
             raise ConfigError([f"study {name!r}: not found in storage {mask_uri(storage_spec)}"
                                + (f" after waiting {wait_s:g} s." if wait_s else ".")])
-        time.sleep(1)
+        time.sleep(LOAD_POLL_S)
 
 
-def _existing_study(storage_spec: str, name: str) -> Study | None:
+def _existing_study(storage: BaseStorage, name: str) -> Study | None:
     import optuna
 
-    if "://" not in storage_spec and not _file_exists(storage_spec):
-        return None  # opening a journal file would create it
-    storage = open_storage(storage_spec)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

@@ -17,6 +17,7 @@ from typing import Any
 
 import lifecycle
 import reports
+import runner
 import search_space
 import studies
 from errors import guard, mask_uri, say
@@ -67,7 +68,9 @@ def _study_name(args: argparse.Namespace, may_take_latest: bool = True) -> str:
 
 
 def _options(args: argparse.Namespace) -> lifecycle.Options:
-    return lifecycle.Options(
+    n_jobs = getattr(args, "n_jobs", 1)
+    threads = args.threads or (runner.cores_per_worker(n_jobs) if n_jobs > 1 else None)
+    return lifecycle.Options(threads=threads,
         storage=_storage(args), tracking_uri=_tracking_uri(args), n_jobs=getattr(args, "n_jobs", 1),
         quiet=args.quiet, log_format=getattr(args, "log_format", "text"),
         promote_on_interrupt=not getattr(args, "no_promote_on_interrupt", False), debug=args.debug,
@@ -194,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
                      " --study-name big", [common, stores, tracking])
     worker.add_argument("--wait", type=float, default=60,
                         help="seconds to wait for `sweep run` to create the study (default: 60)")
+    for takes_threads in (run, worker):
+        takes_threads.add_argument("--threads", type=_positive_int,
+                            help="OpenMP/BLAS threads per worker process (default: the cores divided by"
+                            " --n-jobs for run; all cores for worker: give each of N workers on one"
+                            " machine cores/N)")
     command(commands, "sync", "rebuild missing or stale MLflow runs of a study from its Optuna storage",
             "sweep sync --study-name exp7 --tracking-uri http://127.0.0.1:5000", [common, stores, tracking])
     _add_report_commands(commands, common, stores)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import keys
@@ -34,6 +35,85 @@ def use_quick_client_settings() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
+def precheck(uri: str, experiment: str) -> bool:
+    """Check the tracking store before anything is created, without importing MLflow (that takes a
+    second, which the recorder process spends instead while the first trials run).
+
+    Raises ConfigError for a store that surely cannot be used; returns False when the check
+    settles it, True when only opening the store can tell (the sweep then waits for that).
+    """
+    if uri.startswith(("http://", "https://")):
+        return not _server_answers(uri, experiment)
+    if uri.startswith("sqlite:///"):
+        return not _sqlite_usable(Path(uri[len("sqlite:///"):]), uri)
+    return True
+
+
+def _server_answers(uri: str, experiment: str) -> bool:
+    """One quick request to the REST API (MLflow's own client would retry an absent server for
+    minutes); False when the answer is not a clear yes or no (TLS set-ups: MLflow's client decides)."""
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    request = urllib.request.Request(f"{public_url(uri)}/api/2.0/mlflow/experiments/get-by-name?{query}",
+                                     headers=_auth_headers(uri))
+    try:
+        with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_S) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        if error.code == 404 and b"RESOURCE_DOES_NOT_EXIST" in error.read():
+            return True  # the experiment is not there yet: the server answered
+        refused = "refused the credentials" if error.code in (401, 403) else "answered"
+        raise ConfigError([f"tracking URI {mask_uri(uri)}: cannot be used: the server {refused}"
+                           f" (HTTP {error.code})."]) from None
+    except (ssl.SSLError, ssl.CertificateError):
+        return False
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        if isinstance(reason, ssl.SSLError):
+            return False
+        raise ConfigError([f"tracking URI {mask_uri(uri)}: cannot be used: no answer from"
+                           f" the server ({reason})."]) from None
+    return True
+
+
+def _auth_headers(uri: str) -> dict[str, str]:
+    """The credentials MLflow's client would send: in the URI, else MLFLOW_TRACKING_USERNAME and
+    _PASSWORD, else MLFLOW_TRACKING_TOKEN."""
+    import base64
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    user = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = parts.password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        pair = urllib.parse.unquote(f"{user}:{password}").encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _sqlite_usable(path: Path, uri: str) -> bool:
+    """A new database in a folder that can take it; an existing one that holds MLflow's tables."""
+    import sqlite3
+
+    if not path.exists():
+        folder = path.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ConfigError([f"tracking URI {mask_uri(uri)}: cannot be used: the folder {str(folder)!r}"
+                               f" {'is not writable' if folder.is_dir() else 'does not exist'}."])
+        return True
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return False  # MLflow says what is wrong with it
+    return {"experiments", "runs", "alembic_version"} <= tables
+
+
 @dataclass(frozen=True)
 class Promotion:
     version: str
@@ -51,26 +131,13 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def check_reachable(self) -> None:
-        """Fail before the study starts when the store cannot be used."""
-        if self.uri.startswith(("http://", "https://")):
-            self._check_health()
+        """Fail when the store cannot be used (a quick check first: MLflow's own client would
+        retry an absent server for minutes)."""
+        precheck(self.uri, "Default")
         try:
             self.client.search_experiments(max_results=1)
         except Exception as error:  # MLflow wraps network and database errors in many types
             raise ConfigError([f"tracking URI {mask_uri(self.uri)}: cannot be used: {first_line(error)}"]) from None
-
-    def _check_health(self) -> None:
-        """One quick probe: MLflow's own client would retry an absent server for minutes."""
-        import urllib.request
-
-        url = public_url(self.uri) + "/health"  # credentials stay out
-        try:
-            with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S) as response:
-                response.read()
-        except (OSError, ValueError) as error:
-            reason = getattr(error, "reason", None) or error
-            raise ConfigError([f"tracking URI {mask_uri(self.uri)}: cannot be used: no answer from"
-                               f" the server ({reason})."]) from None
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)

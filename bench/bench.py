@@ -1,24 +1,31 @@
-"""make bench: our sweep against the floor and the usual alternatives, on the same data, space and budget.
+"""make bench: `sweep run` against the floor and what a user would write instead, on three workloads.
 
-Variants, each in a child process of this one, one after the other (never two at once: 2 cores):
-  (a) the floor: (b)'s own param sets fitted and cross-validated by objective.evaluate, nothing else
+Each workload is one search space; on it, every variant is a fresh child process of this one, timed
+from launch to exit, run `--repeats` times (3) in turn (a b f d, a b f d, a b f d; never two at once:
+2 cores), and the median wall time is reported:
+  (a) the floor: the param sets `sweep run` draws, fitted and cross-validated by objective.evaluate
+      on the sweep's folds, nothing else
   (b) `sweep run -q` on the embedded stores (a journal file, sqlite:///mlflow.db)
-  (c) the usual glue: Optuna (TPE, same seed, sqlite storage) + MLflow's fluent API, a nested run and
-      mlflow.sklearn.log_model per trial, against a sqlite tracking store
+  (f) the glue a user writes instead: Optuna on a journal file + optuna-integration's MLflowCallback,
+      nested child runs under one parent run, the same param sets (enqueued), the same folds, and the
+      same end state (refit, holdout score, model logged, registered, aliased)
   (d) RandomizedSearchCV + mlflow.sklearn.autolog(), same folds, same n_iter, the space as scipy.stats
-  (e) `sweep run` with a pruner (median and successive_halving, both reported) and --n-jobs 2
-Then the derived figures, each beside its target from issue 4. The machine is shared, so every
-figure is a ratio against a baseline measured in the same run, and the load average is printed.
+  (e) fit-dominated only: `sweep run` with the median pruner and --n-jobs 2 (the pruning target)
+  (c) once, on the quick workload: the per-trial log_model glue (a nested run and a model per trial)
+The workloads: quick (the shipped space on breast_cancer, 30 trials of 100 trees), short trials (200
+trials of 10 trees), fit-dominated (make_classification, ~10 trials, the floor ~20-30 s). Then the
+critical path per trial (embedded stores, a local mlflow server), --n-jobs 2 vs 1 (GradientBoosting-
+Classifier, HistGradientBoostingRegressor), the runner's flatness over 1000 trials, `sweep --help`.
+Every figure is a ratio against a baseline measured in the same run (the machine is shared), printed
+beside its target from issue 10 with MET or MISSED.
 
-Usage: .venv/bin/python bench/bench.py [--full] [--dataset NAME] [--rows N] [--trials N] [--table-only]
-                                       [--no-flatness]
+Usage: .venv/bin/python bench/bench.py [--only PART[,PART...]] [--repeats N] [--fit-rows N] [--fit-trials N]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import itertools
 import json
 import statistics
@@ -33,35 +40,68 @@ from typing import Any
 import measure as m
 import report
 from measure import Timed, TrialTime
-from report import PRUNERS
 
-WORKLOADS = Path(__file__).resolve().with_name("workloads.py")
+WORKLOADS_PY = Path(__file__).resolve().with_name("workloads.py")
 PARALLEL_PROBE = 8  # param sets the --n-jobs ceiling is measured on
 FLAT_WINDOW = 20  # trials around each checkpoint of the flatness study (medians: single trials are noise)
+FIT_ROWS = 16_000  # the fit-dominated workload's rows: its floor takes ~20-30 s on the project's machine
+STUDY = "bench"
 
 
 @dataclass(frozen=True)
-class Size:
+class Workload:
+    key: str  # its --only name
+    title: str
     dataset: str
     rows: int  # synthetic datasets only
-    trials: int  # the main table's budget
+    trials: int
     trees: int
-    overhead_trials: int = 100  # the critical-path runs (short trials, so the overhead shows)
-    overhead_trees: int = 20
-    parallel_trials: int = 16  # each of --n-jobs 1 and 2, with ~1 s trials
-    flat_trials: int = 1000  # the runner's flatness study (0: skipped)
-    # The critical-path and --n-jobs runs measure the runner, not the fits: small bundled data in any size.
-    side_dataset: str = "breast_cancer"
-    table_only: bool = False  # the table and the pruning figure only (the long --full run)
+    vs_glue: float  # target: sweep / (f), wall
+    vs_floor: float | None  # target: sweep / floor, wall (None: no target)
+    pruned: bool = False  # also (e), a pruned sweep with 2 jobs, in the rotation: the pruning target
 
 
-QUICK = Size(dataset="breast_cancer", rows=20_000, trials=30, trees=100, parallel_trials=24)
-FULL = Size(dataset="make_classification", rows=20_000, trials=50, trees=100, parallel_trials=40)
+def workloads(fit_rows: int, fit_trials: int) -> tuple[Workload, ...]:
+    return (Workload("quick", "quick", "breast_cancer", 0, 30, 100, vs_glue=0.80, vs_floor=1.25),
+            Workload("short", "short trials", "breast_cancer", 0, 200, 10, vs_glue=0.70, vs_floor=None),
+            Workload("fit", "fit-dominated", "make_classification", fit_rows, fit_trials, 100, vs_glue=1.00,
+                     vs_floor=1.05, pruned=True))
+
+
+@dataclass(frozen=True)
+class ParallelRow:
+    """One --n-jobs 2 vs 1 row: a space whose trials cost about the same (so the two runs compare
+    throughput, not the params TPE happened to pick)."""
+
+    name: str
+    estimator: str
+    dataset: str
+    rows: int
+    trials: int
+    trees: int | None  # None: calibrated to ~1 s trials
+    fixed: dict
+    params: dict
+    cv: int = 3
+
+
+LEARNING_RATE = {"type": "float", "low": 0.01, "high": 0.5, "log": True}
+PARALLEL_ROWS = (
+    ParallelRow("GradientBoostingClassifier", "GradientBoostingClassifier", "breast_cancer", 0, 24, None,
+                {"max_depth": 3, "subsample": 0.8, "max_features": None},
+                {"learning_rate": LEARNING_RATE,
+                 "min_samples_leaf": {"type": "int", "low": 1, "high": 32, "log": True}}),
+    ParallelRow("HistGradientBoostingRegressor", "HistGradientBoostingRegressor", "make_regression", 5000, 16,
+                100, {"early_stopping": False},
+                {"learning_rate": LEARNING_RATE,
+                 "min_samples_leaf": {"type": "int", "low": 5, "high": 50, "log": True}}),
+)
+
+PARTS = ("quick", "short", "fit", "per-trial-glue", "critical-path", "n-jobs", "flatness", "help")
 
 
 @dataclass
 class Variant:
-    """One row of the table."""
+    """One run of one variant."""
 
     label: str
     timed: Timed
@@ -75,6 +115,41 @@ class Variant:
         return min((t for t, score in self.done_at if score >= target), default=None)
 
 
+@dataclass
+class Repeated:
+    """The runs of one variant on one workload: a row of its table, medians over the runs."""
+
+    label: str
+    runs: list[Variant]
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(v.timed.wall_s for v in self.runs)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(v.timed.cpu_s for v in self.runs)
+
+    @property
+    def trials(self) -> int:
+        return self.runs[0].trials
+
+    @property
+    def best(self) -> float:
+        return statistics.median(v.best for v in self.runs)
+
+    @property
+    def load(self) -> float:
+        return max(v.load for v in self.runs)
+
+    @property
+    def median_run(self) -> Variant:
+        return sorted(self.runs, key=lambda v: v.timed.wall_s)[(len(self.runs) - 1) // 2]
+
+    def reached(self, target: float) -> float | None:
+        return m.median_or_none([v.reached(target) for v in self.runs])
+
+
 # ---------------------------------------------------------------- running the children
 
 def say(message: str) -> None:
@@ -86,7 +161,7 @@ def workload(name: str, spec: dict, workdir: Path) -> tuple[Timed, dict]:
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = workdir / f"{name}-spec.json", workdir / f"{name}-result.json"
     spec_path.write_text(json.dumps(spec))
-    command = [sys.executable, str(WORKLOADS), name, str(spec_path), str(result_path)]
+    command = [sys.executable, str(WORKLOADS_PY), name, str(spec_path), str(result_path)]
     timed = m.checked(m.run_timed(command, workdir), f"workload {name}")
     return timed, json.loads(result_path.read_text())
 
@@ -124,42 +199,18 @@ def by_number(seconds: dict[str, float] | None) -> dict[int, float] | None:
     return None if seconds is None else {int(k): v for k, v in seconds.items()}
 
 
+def params_of(trials: list[TrialTime]) -> list[dict]:
+    """The trials' param sets in trial order: what the floor and the glue are given."""
+    return [t.params for t in sorted(trials, key=lambda t: t.number)]
+
+
 def sweep_variant(label: str, run: SweepRun) -> Variant:
     trials = m.counted(run.trials)
     done = [(t.end - run.timed.launched, t.value) for t in trials if t.state == "COMPLETE"]
     return Variant(label, run.timed, len(trials), m.best_value(trials), done, m.load_avg())
 
 
-# ---------------------------------------------------------------- the main table
-
-def main_table(root: Path, size: Size) -> dict[str, Variant]:
-    """(b), then (a) on (b)'s params, then (c), (d) and the two pruned (e) runs."""
-    space = m.write_space(root / "space.yaml", dataset=size.dataset, rows=size.rows, n_trials=size.trials,
-                          trees=size.trees, study="bench")
-    variants: dict[str, Variant] = {}
-    say(f"(b) sweep run, {size.trials} trials ...")
-    run_b = sweep_run(root / "b", space, "bench")
-    variants["b"] = sweep_variant("(b) sweep run (journal + sqlite:)", run_b)
-    variants["b"].extra["phases"] = sweep_phases(run_b)
-    _, fixed = workload("fixed", {"tracking_uri": f"sqlite:///{root}/fixed/mlflow.db"}, root / "fixed")
-    variants["b"].extra["fixed"] = fixed["seconds"]
-    say("(a) the floor on (b)'s params ...")
-    variants["a"] = floor_variant(root / "a", space, m.counted(run_b.trials))
-    say("(c) Optuna + MLflow fluent glue, a model logged per trial ...")
-    variants["c"] = glue_variant(root / "c", space)
-    say("(d) RandomizedSearchCV + mlflow.sklearn.autolog() ...")
-    variants["d"] = rscv_variant(root / "d", space)
-    for pruner in PRUNERS:
-        say(f"(e) sweep run, pruner {pruner}, --n-jobs 2 ...")
-        pruned = m.write_space(root / f"space-{pruner}.yaml", dataset=size.dataset, rows=size.rows,
-                               n_trials=size.trials, trees=size.trees, study="bench", pruner=pruner)
-        run = sweep_run(root / f"e-{pruner}", pruned, "bench", "--n-jobs", "2")
-        variants[f"e-{pruner}"] = sweep_variant(f"(e) sweep, {pruner}, 2 jobs", run)
-    return variants
-
-
-def floor_variant(workdir: Path, space: Path, trials: list[TrialTime], label: str = "(a) floor") -> Variant:
-    params = [t.params for t in sorted(trials, key=lambda t: t.number)]
+def floor_variant(workdir: Path, space: Path, params: list[dict], label: str = "(a) floor") -> Variant:
     timed, result = workload("floor", {"space": str(space), "params": params}, workdir)
     done = [(end - timed.launched, score) for end, score in zip(result["done"], result["scores"], strict=True)]
     variant = Variant(label, timed, len(params), max(result["scores"]), done, m.load_avg())
@@ -169,14 +220,36 @@ def floor_variant(workdir: Path, space: Path, trials: list[TrialTime], label: st
     return variant
 
 
-def glue_variant(workdir: Path, space: Path) -> Variant:
-    storage = f"sqlite:///{workdir}/optuna.db"
-    spec = {"space": str(space), "storage": storage, "tracking_uri": f"sqlite:///{workdir}/mlflow.db"}
-    timed, _ = workload("glue", spec, workdir)
-    trials = m.counted(m.study_trials(storage, "bench"))
+def glue_variant(workdir: Path, space: Path, params: list[dict]) -> Variant:
+    """(f): Optuna (journal file) + MLflowCallback, on the given param sets; its trials read from its journal."""
+    journal = workdir / "optuna.journal"
+    spec = {"space": str(space), "journal": str(journal), "tracking_uri": f"sqlite:///{workdir}/mlflow.db",
+            "params": params}
+    timed, result = workload("glue", spec, workdir)
+    trials = m.counted(m.study_trials(str(journal), STUDY))
     done = [(t.end - timed.launched, t.value) for t in trials if t.state == "COMPLETE"]
-    return Variant("(c) glue: Optuna (sqlite:) + MLflow fluent", timed, len(trials), m.best_value(trials),
-                   done, m.load_avg())
+    variant = Variant("(f) glue: Optuna journal + MLflowCallback", timed, len(trials), m.best_value(trials),
+                      done, m.load_avg())
+    start, end = m.loop_window(trials)
+    launched = timed.launched
+    variant.extra["phases"] = {
+        "start-up": start - launched, "trial loop": end - start,
+        "after the loop": result["loop_end"] - end,
+        "refit, log, register, alias": result["registered"] - result["loop_end"],
+        "interpreter exit": timed.wall_s - (result["registered"] - launched)}
+    return variant
+
+
+def per_trial_glue_variant(workdir: Path, space: Path, params: list[dict]) -> Variant:
+    """(c): the fluent API with a model logged per trial, Optuna on sqlite (the tutorials' pattern)."""
+    storage = f"sqlite:///{workdir}/optuna.db"
+    spec = {"space": str(space), "storage": storage, "tracking_uri": f"sqlite:///{workdir}/mlflow.db",
+            "params": params}
+    timed, _ = workload("glue_per_trial", spec, workdir)
+    trials = m.counted(m.study_trials(storage, STUDY))
+    done = [(t.end - timed.launched, t.value) for t in trials if t.state == "COMPLETE"]
+    return Variant("(c) per-trial log_model glue", timed, len(trials), m.best_value(trials), done,
+                   m.load_avg())
 
 
 def rscv_variant(workdir: Path, space: Path) -> Variant:
@@ -196,6 +269,55 @@ def rscv_variant(workdir: Path, space: Path) -> Variant:
     return variant
 
 
+# ---------------------------------------------------------------- the workloads' tables
+
+LABELS = {"a": "(a) floor", "b": "(b) sweep run (journal + sqlite:)", "f": "(f) glue: Optuna + MLflowCallback",
+          "d": "(d) RandomizedSearchCV + autolog", "e": "(e) sweep, median pruner, 2 jobs",
+          "c": "(c) per-trial log_model glue"}
+
+
+def run_workload(root: Path, w: Workload, repeats: int, per_trial_glue: bool) -> dict[str, Any]:
+    """An untimed `sweep run` draws the param sets (and warms the caches); then every variant `repeats`
+    times, in turn; on the quick workload, (c) once after them."""
+    folder = root / w.key
+    folder.mkdir(parents=True, exist_ok=True)
+    space = m.write_space(folder / "space.yaml", dataset=w.dataset, rows=w.rows, n_trials=w.trials,
+                          trees=w.trees, study=STUDY)
+    say(f"{w.title}: an untimed sweep run draws the param sets (and warms the caches) ...")
+    drawn = sweep_run(folder / "draw", space, STUDY)
+    params = params_of(m.counted(drawn.trials))
+    order = ["a", "b", "f", "d"] + (["e"] if w.pruned else [])
+    pruned_space = m.write_space(folder / "space-median.yaml", dataset=w.dataset, rows=w.rows,
+                                 n_trials=w.trials, trees=w.trees, study=STUDY, pruner="median") if w.pruned else space
+    runs: dict[str, list[Variant]] = {key: [] for key in order}
+    same_params = []
+    for r in range(repeats):
+        for key in order:
+            say(f"{w.title}, round {r + 1} of {repeats}: {LABELS[key]} ...")
+            workdir = folder / f"{key}{r}"
+            if key == "a":
+                variant = floor_variant(workdir, space, params)
+            elif key == "b":
+                run = sweep_run(workdir, space, STUDY)
+                variant = sweep_variant(LABELS["b"], run)
+                variant.extra["phases"] = sweep_phases(run)
+                same_params.append(params_of(m.counted(run.trials)) == params)
+            elif key == "f":
+                variant = glue_variant(workdir, space, params)
+            elif key == "d":
+                variant = rscv_variant(workdir, space)
+            else:
+                variant = sweep_variant(LABELS["e"], sweep_run(workdir, pruned_space, STUDY, "--n-jobs", "2"))
+            say(f"    {variant.timed.wall_s:.1f} s")
+            runs[key].append(variant)
+    rows = {key: Repeated(LABELS[key], variants) for key, variants in runs.items()}
+    if per_trial_glue:
+        say(f"{w.title}: {LABELS['c']}, once (a model logged per trial: slow) ...")
+        rows["c"] = Repeated(LABELS["c"] + " (1 run)", [per_trial_glue_variant(folder / "c", space, params)])
+    return {"workload": w, "rows": rows, "repeats": repeats, "same_params": same_params,
+            "draw_s": drawn.timed.wall_s}
+
+
 # ---------------------------------------------------------------- the derived figures
 
 def sweep_phases(run: SweepRun) -> dict[str, float]:
@@ -211,7 +333,7 @@ def sweep_phases(run: SweepRun) -> dict[str, float]:
             "parent run closed, best written": wrote - registered, "interpreter exit": wall - wrote}
 
 
-def critical_path(run: SweepRun, floor: Variant) -> dict[str, float]:
+def critical_path(run: SweepRun, floor: Variant) -> dict[str, Any]:
     """Per trial, in ms: the loop minus the trials' own fit time (user attr sweep.fit_time_s), and the
     loop minus the floor's fit loop of the same params (that one also catches what slows the fits:
     the sweep's MLflow logging, or an mlflow server, taking CPU or the GIL while they run)."""
@@ -220,64 +342,66 @@ def critical_path(run: SweepRun, floor: Variant) -> dict[str, float]:
     n = len(trials)
     fit = sum(t.fit_s or 0.0 for t in trials)
     inside = sum(t.end - t.start for t in trials) - fit  # sampling, storage writes, waits in the objective
-    waits = run.link_wait_s or {}  # none: runner._link_run is gone, so there is no such wait
+    waits = run.link_wait_s or {}  # None: runner._link_run is gone, so trials wait for no run id
     link = sum(waits.get(t.number, 0.0) for t in trials)
     return {"per_trial_ms": (end - start - fit) / n * 1000, "inside_ms": inside / n * 1000,
             "link_ms": link / n * 1000, "link_max_ms": max(waits.values(), default=0.0) * 1000,
+            "link_timed": run.link_wait_s is not None,
             "between_ms": (end - start - fit - inside) / n * 1000,  # callbacks and the next ask
             "vs_floor_ms": (end - start - floor.extra["loop_s"]) / n * 1000,
             "fit_vs_floor": fit / floor.extra["fit_s"],
             "flush_s": sweep_phases(run)["MLflow flush"], "trials": n, "loop_s": end - start}
 
 
-def overhead_runs(root: Path, size: Size) -> dict[str, dict]:
-    """Critical-path overhead with short trials: embedded stores, then a local mlflow server."""
-    space = m.write_space(root / "space-100.yaml", dataset=size.side_dataset, rows=size.rows,
-                          n_trials=size.overhead_trials, trees=size.overhead_trees, study="overhead")
+def overhead_runs(root: Path) -> dict[str, dict]:
+    """Critical-path overhead with short trials (100 trials of 20 trees on breast_cancer): embedded
+    stores, then a local mlflow server."""
+    trials, trees = 100, 20
+    space = m.write_space(root / "space-100.yaml", dataset="breast_cancer", rows=0, n_trials=trials,
+                          trees=trees, study="overhead")
     figures = {}
-    say(f"critical path: {size.overhead_trials} trials of {size.overhead_trees} trees, embedded stores ...")
+    say(f"critical path: {trials} trials of {trees} trees, embedded stores ...")
     embedded = sweep_run(root / "o-embedded", space, "overhead", instrumented=True)
-    floor = floor_variant(root / "o-floor", space, m.counted(embedded.trials))
+    floor = floor_variant(root / "o-floor", space, params_of(m.counted(embedded.trials)))
     figures["embedded (journal + sqlite:)"] = critical_path(embedded, floor)
     say("critical path: starting a local mlflow server ...")
     with m.mlflow_server(root / "mlflow-server") as url:
-        say(f"critical path: {size.overhead_trials} trials against {url} ...")
+        say(f"critical path: {trials} trials against {url} ...")
         served = sweep_run(root / "o-server", space, "overhead", tracking_uri=url, instrumented=True)
-    if [t.params for t in m.counted(served.trials)] != [t.params for t in m.counted(embedded.trials)]:
-        floor = floor_variant(root / "o-floor-server", space, m.counted(served.trials))
+    if params_of(m.counted(served.trials)) != params_of(m.counted(embedded.trials)):
+        floor = floor_variant(root / "o-floor-server", space, params_of(m.counted(served.trials)))
     figures["local mlflow server (journal + http:)"] = critical_path(served, floor)
     return figures
 
 
-def parallel_runs(root: Path, size: Size) -> dict[str, Any]:
-    """--n-jobs 2 vs 1 on a space whose trials cost ~1 s and about the same (depth, rows and features
-    fixed), so the two runs compare throughput, not the params TPE happened to pick."""
-    fixed, params = {"max_depth": 3, "subsample": 0.8, "max_features": None}, {
-        "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
-        "min_samples_leaf": {"type": "int", "low": 1, "high": 32, "log": True}}
-    probe = m.write_space(root / "space-probe.yaml", dataset=size.side_dataset, rows=size.rows, n_trials=1,
-                          trees=50, study="probe", fixed=fixed, params=params)
-    _, calibration = workload("calibrate", {"space": str(probe)}, root / "calibrate")
-    trees = max(10, min(2000, round(1.0 / calibration["s_per_tree"])))
-    space = m.write_space(root / "space-parallel.yaml", dataset=size.side_dataset, rows=size.rows,
-                          n_trials=size.parallel_trials, trees=trees, study="parallel", fixed=fixed,
-                          params=params)
-    figures: dict[str, Any] = {"trees": trees}
+def parallel_runs(root: Path, row: ParallelRow) -> dict[str, Any]:
+    """--n-jobs 2 vs 1 on one row's space; the machine's own ceiling measured right before and after."""
+    def space_file(name: str, n_trials: int, trees: int, study: str) -> Path:
+        return m.write_space(root / name, dataset=row.dataset, rows=row.rows, n_trials=n_trials, trees=trees,
+                             study=study, fixed=row.fixed, params=row.params, cv=row.cv, estimator=row.estimator)
+
+    trees = row.trees
+    if trees is None:
+        probe = space_file("space-probe.yaml", 1, 50, "probe")
+        _, calibration = workload("calibrate", {"space": str(probe)}, root / "calibrate")
+        trees = max(10, min(2000, round(1.0 / calibration["s_per_tree"])))
+    space = space_file("space-parallel.yaml", row.trials, trees, "parallel")
+    figures: dict[str, Any] = {"trees": trees, "row": row}
     for jobs in (1, 2):
-        say(f"--n-jobs {jobs}: {size.parallel_trials} trials of {trees} trees (~1 s each) ...")
+        say(f"--n-jobs {jobs}, {row.name}: {row.trials} trials of {trees} trees ...")
         run = sweep_run(root / f"p-{jobs}", space, "parallel", "--n-jobs", str(jobs))
         trials = m.counted(run.trials)
         start, end = m.loop_window(trials)
         figures[jobs] = {"loop_tpm": len(trials) / (end - start) * 60,
                          "wall_tpm": len(trials) / run.timed.wall_s * 60,
-                         "fit_s": statistics.mean(t.fit_s for t in trials), "load": m.load_avg(),
+                         "fit_s": statistics.mean(t.fit_s or 0.0 for t in trials), "load": m.load_avg(),
                          "cores": run.timed.cpu_s / run.timed.wall_s,  # what the run really got
                          "running": sum(t.end - t.start for t in trials) / (end - start),  # trials at once
                          "late_s": worker_lag(trials)}
         if jobs == 1:  # the machine's share for us changes by the minute: measured right before and after
-            probe_trials = trials[:PARALLEL_PROBE]
-            figures["ceiling"] = [parallel_ceiling(root / "before", space, probe_trials)]
-    figures["ceiling"].append(parallel_ceiling(root / "after", space, probe_trials))
+            probe_params = params_of(trials)[:PARALLEL_PROBE]
+            figures["ceiling"] = [parallel_ceiling(root / "before", space, probe_params)]
+    figures["ceiling"].append(parallel_ceiling(root / "after", space, probe_params))
     return figures
 
 
@@ -290,22 +414,19 @@ def worker_lag(trials: list[TrialTime]) -> float | None:
     return max(firsts.values()) - min(firsts.values()) if len(firsts) > 1 else None
 
 
-def parallel_ceiling(root: Path, space: Path, trials: list[TrialTime]) -> float:
+def parallel_ceiling(root: Path, space: Path, params: list[dict]) -> float:
     """How much faster the machine does two floors' work at once than one after the other, right now: the
     ceiling of any --n-jobs 2 speedup here (2 vCPUs may share a physical core; other jobs share both)."""
-    say(f"--n-jobs ceiling: the floor on {len(trials)} of those param sets alone, then two at once ...")
-    alone = floor_variant(root / "ceiling-alone", space, trials).extra["loop_s"]
+    say(f"--n-jobs ceiling: the floor on {len(params)} of those param sets alone, then two at once ...")
+    alone = floor_variant(root / "ceiling-alone", space, params).extra["loop_s"]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        pair = list(pool.map(lambda i: floor_variant(root / f"ceiling-pair-{i}", space, trials), (0, 1)))
+        pair = list(pool.map(lambda i: floor_variant(root / f"ceiling-pair-{i}", space, params), (0, 1)))
     return 2 * alone / max(v.extra["loop_s"] for v in pair)
 
 
-def flatness_run(root: Path, size: Size) -> dict[str, Any] | None:
+def flatness_run(root: Path, n: int) -> dict[str, Any]:
     """Per-trial overhead near trial 10 and trial N of one `sweep run`, and its peak RSS at both. sweep runs
     no trivial objective, so the trials are the real TrialRunner on iris with 1 tree and cv 2."""
-    if not size.flat_trials:
-        return None
-    n = size.flat_trials
     space = m.write_space(root / "space-flat.yaml", dataset="iris", rows=0, n_trials=n, trees=1, study="flat",
                           cv=2)
     say(f"flatness: one study of {n} trials (iris, 1 tree, cv 2) ...")
@@ -314,15 +435,16 @@ def flatness_run(root: Path, size: Size) -> dict[str, Any] | None:
     w = FLAT_WINDOW
     around = {f"trial {k}": trials[first:first + w + 1] for k, first in ((10, 10), (n, len(trials) - w - 1))}
     measured = [t for group in around.values() for t in group[:-1]]
-    refitted = floor_variant(root / "flat-floor", space, measured).extra["fits"]
-    alone = dict(zip([t.number for t in measured], refitted, strict=True))
+    refitted = floor_variant(root / "flat-floor", space, params_of(measured)).extra["fits"]
+    alone = dict(zip(sorted(t.number for t in measured), refitted, strict=True))
     windows = {name: flat_window(group, run, alone) for name, group in around.items()}
     memory = [{"trials": k, "peak_rss_mb": run.timed.peak_rss_at(trials[k - 1].end)}
               for k in (10, len(trials))]
     phases = sweep_phases(run)
-    return {"windows": windows, "memory": memory, "flush_s": phases["MLflow flush"],
+    return {"windows": windows, "memory": memory, "flush_s": phases["MLflow flush"], "trials": n,
             "wall_s": run.timed.wall_s, "loop_s": phases["trial loop"],
-            "final_peak_mb": run.timed.peak_rss_mb, "window": w, "timed_sampler": run.sampler_s is not None}
+            "final_peak_mb": run.timed.peak_rss_mb, "window": w, "timed_sampler": run.sampler_s is not None,
+            "timed_link": run.link_wait_s is not None}
 
 
 def flat_window(group: list[TrialTime], run: SweepRun, alone: dict[int, float]) -> dict[str, float]:
@@ -350,43 +472,73 @@ def help_time(root: Path) -> dict[str, float]:
 
 # ---------------------------------------------------------------- the command
 
-def parse(argv: list[str]) -> Size:
-    parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
-                                     epilog="example:\n  .venv/bin/python bench/bench.py --full --trials 40",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="a synthetic 20,000-row set and more trials")
-    parser.add_argument("--dataset", help="a bundled or synthetic dataset of sweep's (default: breast_cancer;"
-                        " --full: make_classification)")
-    parser.add_argument("--rows", type=int, help="rows of a synthetic dataset (default: 20000)")
-    parser.add_argument("--trials", type=int, help="the main table's trial budget (default: 30; --full: 50)")
-    parser.add_argument("--no-flatness", action="store_true", help="skip the 1,000-trial flatness study")
-    parser.add_argument("--table-only", action="store_true",
-                        help="the table and the pruning figure only: no critical-path, --n-jobs or flatness"
-                        " runs")
+@dataclass(frozen=True)
+class Options:
+    parts: tuple[str, ...]
+    repeats: int
+    fit_rows: int
+    fit_trials: int
+    flat_trials: int
+
+
+def parse(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description=__doc__.split("\n\n")[0],
+        epilog="parts: " + ", ".join(PARTS) + "\nexample (a quick look while developing):\n"
+               "  .venv/bin/python bench/bench.py --only quick --repeats 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated parts to run (default: all of them)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant per workload (default 3)")
+    parser.add_argument("--fit-rows", type=int, default=FIT_ROWS,
+                        help=f"rows of the fit-dominated workload (default {FIT_ROWS})")
+    parser.add_argument("--fit-trials", type=int, default=10, help="trials of the fit-dominated workload (10)")
+    parser.add_argument("--flat-trials", type=int, default=1000, help="trials of the flatness study (1000)")
     args = parser.parse_args(argv)
-    size = FULL if args.full else QUICK
-    chosen = {"dataset": args.dataset, "rows": args.rows, "trials": args.trials,
-              "flat_trials": 0 if args.no_flatness else None, "table_only": args.table_only or None}
-    return dataclasses.replace(size, **{k: v for k, v in chosen.items() if v is not None})
+    parts = PARTS if not args.only else tuple(p.strip() for p in args.only.split(",") if p.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--only: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    if args.repeats < 1:
+        parser.error("--repeats: must be at least 1")
+    return Options(parts, args.repeats, args.fit_rows, args.fit_trials, args.flat_trials)
 
 
 def main(argv: list[str] | None = None) -> int:
-    size = parse(sys.argv[1:] if argv is None else argv)
+    options = parse(sys.argv[1:] if argv is None else argv)
     began = time.perf_counter()
-    print(f"machine: {m.machine()}; load average at start {m.load_avg():.1f}")
-    rows = f" ({size.rows} rows)" if size.dataset.startswith("make_") else ""
-    print(f"size: {size.dataset}{rows}, {size.trials} trials of {size.trees} trees, the repo's space and"
-          f" seed; critical-path and --n-jobs runs on {size.side_dataset}, flatness on iris")
+    print(f"machine: {m.machine()}; load average at start {m.load_avg():.1f}", flush=True)
+    took: dict[str, float] = {}
+
+    def timed_part(name: str, function: Any, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            took[name] = time.perf_counter() - started
+
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         root = Path(tmp)
-        helped = help_time(root)
-        variants = main_table(root, size)
-        overhead = {} if size.table_only else overhead_runs(root, size)
-        parallel = {} if size.table_only else parallel_runs(root, size)
-        flat = None if size.table_only else flatness_run(root, size)
-    report.print_table(variants)
-    report.print_figures(variants, overhead, parallel, flat, helped, size)
-    print(f"\nbench: {time.perf_counter() - began:.0f} s in all; load average at the end {m.load_avg():.1f}")
+        if "help" in options.parts:
+            results["help"] = timed_part("help", help_time, root)
+        chosen = [w for w in workloads(options.fit_rows, options.fit_trials) if w.key in options.parts]
+        if chosen:
+            _, fixed = workload("fixed", {"tracking_uri": f"sqlite:///{root}/fixed/mlflow.db"}, root / "fixed")
+            results["fixed"] = fixed["seconds"]
+        results["workloads"] = {}
+        for w in chosen:
+            glue_c = w.key == "quick" and "per-trial-glue" in options.parts
+            results["workloads"][w.key] = timed_part(w.title, run_workload, root, w, options.repeats, glue_c)
+        if "critical-path" in options.parts:
+            results["overhead"] = timed_part("critical path", overhead_runs, root / "overhead")
+        if "n-jobs" in options.parts:
+            results["parallel"] = [timed_part(f"--n-jobs {row.name}", parallel_runs, root / f"parallel-{i}", row)
+                                   for i, row in enumerate(PARALLEL_ROWS)]
+        if "flatness" in options.parts:
+            results["flat"] = timed_part("flatness", flatness_run, root / "flatness", options.flat_trials)
+    report.print_all(results)
+    print("\nbench: time per part: " + ", ".join(f"{name} {s:.0f} s" for name, s in took.items()))
+    print(f"bench: {time.perf_counter() - began:.0f} s in all; load average at the end {m.load_avg():.1f}")
     return 0
 
 

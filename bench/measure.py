@@ -6,6 +6,7 @@ light, and all the work it times happens in child processes.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -34,8 +35,11 @@ REGRESSION = {"diabetes", "make_regression"}
 
 def write_space(path: Path, *, dataset: str, rows: int, n_trials: int, trees: int, study: str,
                 pruner: str = "none", fixed: dict | None = None, params: dict | None = None,
-                cv: int | None = None, metric: str | None = None) -> Path:
-    """The repo's default space with the bench's data, budget and trees: every variant reads this file."""
+                cv: int | None = None, metric: str | None = None, estimator: str | None = None) -> Path:
+    """The repo's default space with the bench's data, budget and trees: every variant reads this file.
+
+    `trees` sets the ensemble's size: n_estimators, or max_iter for a HistGradientBoosting estimator
+    (whose `params` must then be given: the default space's are GradientBoosting's)."""
     space = yaml.safe_load((ROOT / "search_space.yaml").read_text())
     space["data"] = {"dataset": dataset, "holdout": space["data"].get("holdout", 0.2)}
     if dataset.startswith("make_"):
@@ -44,10 +48,13 @@ def write_space(path: Path, *, dataset: str, rows: int, n_trials: int, trees: in
         space["estimator"], space["metric"] = "GradientBoostingRegressor", "r2"
     elif dataset in MULTICLASS:
         space["metric"] = "roc_auc_ovr"  # roc_auc scores binary targets only
+    space["estimator"] = estimator or space["estimator"]
     space["metric"] = metric or space["metric"]
     space["cv"] = cv or space["cv"]
     space.update(study_name=study, experiment=study, n_trials=n_trials, pruner=pruner)
-    space["fixed"] = {**space.get("fixed", {}), "n_estimators": trees, **(fixed or {})}
+    size = "max_iter" if space["estimator"].startswith("Hist") else "n_estimators"
+    base = {k: v for k, v in space.get("fixed", {}).items() if k != "n_estimators"}
+    space["fixed"] = {**base, size: trees, **(fixed or {})}
     if params is not None:
         space["params"] = params
     for name in space["fixed"]:  # a param moved to `fixed` is no longer searched
@@ -193,6 +200,12 @@ def first_reaching(trials: list[TrialTime], target: float, launched: float) -> f
 
 def best_value(trials: list[TrialTime]) -> float:
     return max(t.value for t in trials if t.state == "COMPLETE")
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """The median of times where None means never: never counts as later than any time."""
+    middle = statistics.median(math.inf if v is None else v for v in values)
+    return None if math.isinf(middle) else middle
 
 
 # ---------------------------------------------------------------- a local mlflow server

@@ -1,5 +1,6 @@
-"""The bench's child processes other than `sweep run`: the floor, the two usual alternatives, the
-one-off costs, the calibration of a ~1 s trial, and TPE's own cost replayed for the flatness study.
+"""The bench's child processes other than `sweep run`: the floor, the glue a user writes instead (with
+optuna-integration's MLflowCallback, and the per-trial log_model pattern), RandomizedSearchCV + autolog, the
+one-off costs, the calibration of a ~1 s trial, and `sweep run` with two timers (its wait for a run id, TPE).
 
 Run as `python bench/workloads.py NAME SPEC.json RESULT.json`: each workload reads the same search
 space file as `sweep run`, and writes what it measured (epoch times, scores) as JSON for bench.py.
@@ -96,23 +97,110 @@ def fixed_costs(spec: dict) -> dict:
     return {"seconds": seconds}
 
 
-# ---------------------------------------------------------------- (c) the usual glue
+# ---------------------------------------------------------------- the glue a user writes instead
+
+def _estimator(config: Any, params: dict) -> Any:
+    """The estimator as a script builds it: the class by name, the fixed params, then the trial's."""
+    from sklearn import ensemble
+
+    return getattr(ensemble, config.estimator)(**{**config.fixed, **params})
+
+
+def suggest_by_hand(config: Any, trial: Any) -> dict[str, Any]:
+    """The suggest_* calls a script writes out by hand for the space (no conditional params: the bench's
+    spaces have none). Enqueued params come back as they were enqueued."""
+    from optuna.distributions import IntDistribution
+
+    params = {}
+    for param in config.params:
+        d = param.distribution
+        if param.when:
+            raise SystemExit(f"bench: the glue writes no conditional params ({param.name}).")
+        if hasattr(d, "choices"):
+            params[param.name] = trial.suggest_categorical(param.name, d.choices)
+        elif isinstance(d, IntDistribution):
+            params[param.name] = trial.suggest_int(param.name, d.low, d.high, step=d.step, log=d.log)
+        else:
+            params[param.name] = trial.suggest_float(param.name, d.low, d.high, step=d.step, log=d.log)
+    return params
+
+
+def _pinned(*names: str) -> list[str]:
+    """pip requirements pinned to what is installed: a careful user passes them, as `sweep` does, and MLflow
+    then skips inferring them (a subprocess that loads the model)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def glue(spec: dict) -> dict:
+    """(f) the honest peer: what a user writes instead of `sweep`, set up as well as the docs allow.
+
+    Optuna on a journal file, optuna-integration's MLflowCallback writing one nested child run per
+    trial under one parent run, the same enqueued params scored on the same folds; then the same end
+    state as `sweep run`: the best params refitted on the training part, scored on the holdout, the
+    model logged (signature, input example, pinned requirements, cloudpickle), registered and aliased.
+    (MLflow's async logging would not help it: ending each child run waits for that run's queue.)
+    """
+    import mlflow
+    import mlflow.sklearn
+    import optuna
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+    from optuna_integration import MLflowCallback
+    from sklearn.metrics import get_scorer
+    from sklearn.model_selection import cross_val_score
+
+    config, data = _load(spec)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no log line per trial, as `sweep run -q`
+    X, y = data.X_train.to_numpy(), data.y_train  # arrays: no per-fit feature-name checks
+    folds = list(_splitter(config).split(X, y))  # the floor's and the sweep's folds, split once
+    uri = spec["tracking_uri"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(config.experiment)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec["journal"]))
+    study = optuna.create_study(study_name=config.study_name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=config.seed))
+    for params in spec["params"]:
+        study.enqueue_trial(params)
+    callback = MLflowCallback(tracking_uri=uri, metric_name=config.metric, create_experiment=False,
+                              mlflow_kwargs={"nested": True})
+
+    def objective(trial: Any) -> float:
+        model = _estimator(config, suggest_by_hand(config, trial))
+        return float(cross_val_score(model, X, y, cv=folds, scoring=config.metric).mean())
+
+    with mlflow.start_run(run_name=config.study_name):
+        study.optimize(objective, n_trials=len(spec["params"]), callbacks=[callback])
+        loop_end = time.time()
+        best = study.best_params
+        model = _estimator(config, best).fit(data.X_train, data.y_train)
+        holdout = float(get_scorer(config.metric)(model, data.X_test, data.y_test))
+        mlflow.log_params({f"best.{k}": v for k, v in best.items()})
+        mlflow.log_metrics({f"best_{config.metric}": study.best_value, f"holdout_{config.metric}": holdout})
+        example = data.X_train.head(5)
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=infer_signature(example, model.predict(example)),
+            input_example=example, pip_requirements=_pinned("mlflow", "scikit-learn", "cloudpickle", "numpy",
+                                                             "pandas", "scipy"),
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            registered_model_name=config.model_name)
+    MlflowClient().set_registered_model_alias(config.model_name, "champion", info.registered_model_version)
+    return {"loop_end": loop_end, "registered": time.time(), "holdout": holdout}
+
 
 # What MLflow 3.17's own error asks for when a GradientBoosting model is saved in its default
 # (skops) format; a script copies it from the message.
 GLUE_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
 
-def glue(spec: dict) -> dict:
-    """Optuna + MLflow as most scripts write them: the fluent API, a nested run and a logged model per
-    trial."""
+def glue_per_trial(spec: dict) -> dict:
+    """(c) the other usual glue: the fluent API, a nested run and a model logged per trial (each trial's
+    params refitted on the training part), Optuna on its RDB storage (sqlite), the given params enqueued."""
     import mlflow
     import mlflow.sklearn
     import optuna
     from sklearn.model_selection import cross_val_score
-
-    from objective import build_estimator
-    from search_space import suggest
 
     config, data = _load(spec)
     splitter = _splitter(config)
@@ -120,11 +208,13 @@ def glue(spec: dict) -> dict:
     mlflow.set_experiment(config.experiment)
     study = optuna.create_study(study_name=config.study_name, storage=spec["storage"], direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.seed))
+    for params in spec.get("params", []):
+        study.enqueue_trial(params)
 
     def objective(trial: Any) -> float:
-        params = suggest(config, trial)  # the suggest_* calls a script writes out by hand
+        params = suggest_by_hand(config, trial)
         with mlflow.start_run(nested=True, run_name=f"trial-{trial.number}"):
-            model = build_estimator(config, params)
+            model = _estimator(config, params)
             scores = cross_val_score(model, data.X_train, data.y_train, cv=splitter, scoring=config.metric)
             mlflow.log_params(params)
             mlflow.log_metric(config.metric, float(scores.mean()))
@@ -187,13 +277,11 @@ def rscv(spec: dict) -> dict:
     import mlflow.sklearn
     from sklearn.model_selection import RandomizedSearchCV
 
-    from objective import build_estimator
-
     config, data = _load(spec)
     mlflow.set_tracking_uri(spec["tracking_uri"])
     mlflow.set_experiment(config.experiment)
     mlflow.sklearn.autolog()
-    search = RandomizedSearchCV(build_estimator(config, {}), distributions(config), n_iter=config.n_trials,
+    search = RandomizedSearchCV(_estimator(config, {}), distributions(config), n_iter=config.n_trials,
                                 scoring=config.metric, cv=_splitter(config), random_state=config.seed)
     search_start = time.time()
     search.fit(data.X_train, data.y_train)
@@ -273,8 +361,8 @@ class TimedSampler:
 
 
 WORKLOADS: dict[str, Callable[[dict], dict]] = {
-    "floor": floor, "calibrate": calibrate, "fixed": fixed_costs, "glue": glue, "rscv": rscv,
-    "sweep": sweep_main,
+    "floor": floor, "calibrate": calibrate, "fixed": fixed_costs, "glue": glue,
+    "glue_per_trial": glue_per_trial, "rscv": rscv, "sweep": sweep_main,
 }
 
 

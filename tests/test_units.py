@@ -128,10 +128,25 @@ def test_count_is_one_pass_over_the_states() -> None:
 
 def test_a_slot_counts_the_running_trials_asked_before() -> None:
     study = study_with([TrialState.COMPLETE])
+    counter = runner.TrialCounter()
     first, second = study.ask(), study.ask()
-    assert runner.has_slot(study, 3, first) and runner.has_slot(study, 3, second)
-    assert not runner.has_slot(study, 2, second)  # 1 counted + the first one running fill 2
-    assert runner.has_slot(study, 2, first)
+    assert counter.has_slot(study, 3, first) and counter.has_slot(study, 3, second)
+    assert not counter.has_slot(study, 2, second)  # 1 counted + the first one running fill 2
+    assert counter.has_slot(study, 2, first)
+    study.tell(first, 0.5)
+    assert not counter.has_slot(study, 2, second)  # the first one now counts instead
+
+
+def test_the_incremental_count_equals_a_fresh_one_at_every_step() -> None:
+    study = optuna.create_study(direction="maximize")
+    counter = runner.TrialCounter()
+    running = [study.ask() for _ in range(3)]
+    for step, trial in enumerate(running):
+        state = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL][step]
+        study.tell(trial, float(step) if state == TrialState.COMPLETE else None, state=state)
+        study.ask()
+        assert counter.count(study) == runner.count(study)
+    assert counter.count(study) == runner.Count(counted=2, running=3, best=0.0)
 
 
 def test_the_tally_stops_at_the_total() -> None:
