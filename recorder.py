@@ -12,10 +12,13 @@ what still fails is reported for `sweep sync`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import queue
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -92,10 +95,11 @@ class TrialRecorder:
         raised here, any other failure becomes SweepFailed."""
         self._requests.put(("job", job, args, True))
         try:
-            ok, result = self._reply(f"job:{job}", timeout)
+            ok, result, said = self._reply(f"job:{job}", timeout)
         except (RecorderGone, TimeoutError) as error:
             raise SweepFailed(f"the MLflow recorder stopped before it finished {job} ({error}); the"
                               " trials are safe in the Optuna storage: run `sweep sync`.") from None
+        print(said, end="", file=sys.stderr, flush=True)
         if ok:
             return result
         kind, message = result
@@ -282,14 +286,17 @@ def _bind(agent: Agent, parent_run_id: str) -> None:
 
 
 def _run_job(agent: Agent, jobs: dict[str, Job], replies: Any, name: str, args: tuple, answer: bool) -> None:
+    """Run a job; what it says on stderr goes back with its result, for the sweep to say in order."""
+    said = io.StringIO()
     try:
-        result: Any = (True, jobs[name](agent, *args))
+        with contextlib.redirect_stderr(said):
+            result: Any = (True, jobs[name](agent, *args))
     except (ConfigError, SweepFailed) as error:
         result = (False, (type(error).__name__, str(error)))
     except Exception as error:  # the store's and the network's many types
         result = (False, ("SweepFailed", f"{type(error).__name__}: {first_line(error)}"))
     if answer:
-        replies.put((f"job:{name}", *result))
+        replies.put((f"job:{name}", *result, said.getvalue()))
 
 
 def _next_request(requests: Any, pending: deque[tuple], parent: int) -> tuple | None:

@@ -211,3 +211,43 @@ def test_tracking_server_outage_then_sync_rebuilds_every_run(tmp_path, mlflow_se
         assert run.data.params == {k: str(v) for k, v in trial.params.items()}
         assert run.info.status == "FINISHED"
         assert run.data.metrics["accuracy"] == pytest.approx(trial.value)
+
+
+HIST_SPACE = """\
+experiment: crash
+study_name: crash
+estimator: HistGradientBoostingRegressor
+data: {dataset: make_regression, options: {n_samples: 600, n_features: 8}}
+metric: r2
+cv: 2
+n_trials: 6
+fixed: {max_iter: 20, random_state: 0}
+params:
+  learning_rate: {type: float, low: 0.05, high: 0.3, log: true}
+  max_leaf_nodes: {type: int, low: 4, high: 16}
+"""
+
+
+def test_n_jobs_two_hist_gradient_boosting_workers_share_the_cores(tmp_path, stores):
+    config = small_space(tmp_path, study="crash", text=HIST_SPACE)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config), "--n-jobs", "2",
+         "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    final = assert_nothing_lost(stores, n_trials=6)
+    assert len({t.user_attrs["sweep.worker"] for t in final}) == 2, "both processes ran trials"
+
+
+def test_a_worker_process_caps_its_openmp_threads_to_its_share():
+    import sweep
+
+    args = sweep._parser().parse_args(["run", "--n-jobs", "2"])
+    assert sweep._options(args).threads == max(1, (os.cpu_count() or 1) // 2)
+    assert sweep._options(sweep._parser().parse_args(["run"])).threads is None  # one job: all cores
+    assert sweep._options(sweep._parser().parse_args(["worker", "--threads", "3"])).threads == 3
+    code = ("import runner, sklearn.ensemble, threadpoolctl; runner.limit_threads(1);"
+            " print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))")
+    capped = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert capped.stdout.strip() == "[1]"
