@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from optuna import Study
+    from optuna.trial import FrozenTrial
 
 FORKED_WAIT_S = 120  # how long --n-jobs workers wait for the study (validating the stores comes first)
 
@@ -127,7 +129,9 @@ def run(prepared: Prepared, options: Options) -> Outcome:
     runner.limit_threads(options.threads)
     # The recorder and the workers fork now, with the data loaded and nothing opened yet: no
     # import or load again, and no database connection shared across processes.
-    recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config, _jobs(prepared))
+    refit = BestRefit(prepared)
+    recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config, _jobs(prepared, refit),
+                             on_trial_end=refit.consider)
     workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared, recorder)
     try:
         if must_open_first:  # a refused sweep creates no study
@@ -145,8 +149,9 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
     config = prepared.config
     study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest)
     study.set_user_attr(keys.N_TRIALS, config.n_trials)
-    # Before trial 0, so that every trial's child run is created, and linked, while it runs.
-    recorder.call("parent", study.user_attrs.get(keys.PARENT_RUN_ID))
+    # Created while the first trials run (MLflow's import and a new store take seconds); their
+    # child runs come right after it, and a trial that ends first waits for its link.
+    recorder.send("parent", study.user_attrs.get(keys.PARENT_RUN_ID))
     with interrupts():
         try:
             ran = run_trials(study, prepared, recorder, options)
@@ -195,7 +200,9 @@ def _forked_worker(options: Options, prepared: Prepared, recorder: TrialRecorder
     options = replace(options, quiet=True)  # one progress bar: the main process's
 
     def work_forked() -> int:
-        study = studies.load_study(options.storage, prepared.config.study_name, wait_s=FORKED_WAIT_S)
+        # The config attr is set last when the study is created: then it is ready to sample.
+        study = studies.load_study(options.storage, prepared.config.study_name, wait_s=FORKED_WAIT_S,
+                                   attr=keys.CONFIG)
         with interrupts():
             try:
                 run_trials(study, prepared, recorder, options, wait_for_workers=False)
@@ -245,11 +252,64 @@ def _after_interrupt(study: Study, prepared: Prepared, recorder: TrialRecorder, 
 
 # ---------------------------------------------------------------- the recorder's jobs
 
-def _jobs(prepared: Prepared) -> dict[str, Job]:
+def _jobs(prepared: Prepared, refit: BestRefit) -> dict[str, Job]:
     """What `sweep run` asks of its recorder process, which has MLflow imported and the store open."""
     return {"parent": _open_parent,
-            "finalize": functools.partial(_finalize_once, prepared),
+            "finalize": functools.partial(_finalize_once, prepared, refit),
             "finish_parent": _finish_parent_if_possible}
+
+
+class BestRefit:
+    """In the recorder process: refit the best trial so far on the training part and score it on
+    the holdout, in a thread, while the trials go on (the fit releases the GIL for its trees), so
+    that the end of the sweep mostly logs and registers. Only the latest best is kept."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self._best: float | None = None
+        self._lock = threading.Lock()
+        self._wanted: tuple[int, dict] | None = None
+        self._done: dict[int, tuple[Any, float]] = {}
+        self._thread: threading.Thread | None = None
+
+    def consider(self, agent: Agent, trial: FrozenTrial) -> None:
+        """A trial ended (the recorder's hook): refit it when it is the best this recorder has seen."""
+        if trial.state.name != "COMPLETE" or trial.value is None \
+                or (self._best is not None and trial.value <= self._best):
+            return
+        self._best = trial.value
+        with self._lock:
+            self._wanted = (trial.number, dict(trial.params))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refit_wanted, name="sweep-refit", daemon=True)
+                self._thread.start()
+
+    def model(self, number: int, params: dict) -> tuple[Any, float]:
+        """The refitted model of this trial and its holdout score; fitted now unless it was already."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()  # it refits the latest best, the one finalize wants unless another worker found it
+        return self._done.get(number) or refit_scored(self.prepared, params)
+
+    def _refit_wanted(self) -> None:
+        while True:
+            with self._lock:
+                wanted, self._wanted = self._wanted, None
+                if wanted is None:
+                    self._thread = None
+                    return
+            number, params = wanted
+            self._done = {number: refit_scored(self.prepared, params)}
+
+
+def refit_scored(prepared: Prepared, params: dict) -> tuple[Any, float]:
+    """The model the user gets (preprocessing and estimator), fitted on the training part, and its
+    score on the holdout."""
+    config, data = prepared.config, prepared.dataset
+    model = build_model(config, data.preprocessor, params)
+    model.fit(data.X_train, data.y_train)
+    return model, float(scorer_for(config)(model, data.X_test, data.y_test))
 
 
 def _open_parent(agent: Agent, known_run_id: str | None) -> str:
@@ -260,13 +320,13 @@ def _open_parent(agent: Agent, known_run_id: str | None) -> str:
     return parent_run_id
 
 
-def _finalize_once(prepared: Prepared, agent: Agent, status: str) -> dict:
+def _finalize_once(prepared: Prepared, refit: BestRefit, agent: Agent, status: str) -> dict:
     """finalize, then end the parent run with `status` (FAILED if finalize failed)."""
     if not agent.parent_run_id:
         raise SweepFailed(_STORE_FAILED.format(cause="the parent run could not be created"))
     tracker = Tracker(agent.uri)
     try:
-        best = finalize(agent.study(), prepared, tracker, agent.parent_run_id)
+        best = finalize(agent.study(), prepared, tracker, agent.parent_run_id, refit.model)
     except SweepFailed:
         _finish_parent_if_possible(agent, "FAILED")
         raise
@@ -282,9 +342,10 @@ _STORE_FAILED = ("the tracking store failed while finishing the sweep ({cause});
                  " `sweep run` to promote.")
 
 
-def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str) -> dict:
+def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str,
+             refitted: Callable[[int, dict], tuple[Any, float]]) -> dict:
     """Repair the child runs MLflow missed, log the results on the parent run, and promote the
-    best model once per best trial."""
+    best model once per best trial (`refitted(trial number, params)`: its model and holdout score)."""
     config, data = prepared.config, prepared.dataset
     best = studies.best_export(study)
     repaired = child_runs.sync(tracker.client, study, config, parent_run_id)
@@ -295,9 +356,7 @@ def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: 
     if study.user_attrs.get(keys.PROMOTED_TRIAL) == best["trial"]:
         say(f"best trial {best['trial']} was promoted already; nothing new to promote.")
         return best
-    model = build_model(config, data.preprocessor, study.best_trial.params)
-    model.fit(data.X_train, data.y_train)
-    holdout = float(scorer_for(config)(model, data.X_test, data.y_test))
+    model, holdout = refitted(best["trial"], study.best_trial.params)
     promotion = tracker.promote(config, parent_run_id, model, data.X_train.head(5), holdout, best["trial"])
     study.set_user_attr(keys.PROMOTED_TRIAL, best["trial"])
     say(f"registered {config.model_name!r} version {promotion.version} as @{promotion.alias}"

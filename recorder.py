@@ -46,6 +46,7 @@ STORE_DOWN_PAUSE_S = 30  # after a write failed all its retries, later writes wa
 ALIVE_POLL_S = 0.5  # how often a waiting side checks that the other one still runs
 
 Job = Callable[..., Any]  # job(agent, *args), run in the recorder's process
+TrialHook = Callable[["Agent", "FrozenTrial"], None]
 
 
 class RecorderGone(Exception):
@@ -56,17 +57,20 @@ class TrialRecorder:
     """The handle the sweep's processes hold: requests go to the recorder process through a queue."""
 
     def __init__(self, tracking_uri: str, storage_spec: str, config: SweepConfig,
-                 jobs: dict[str, Job] | None = None) -> None:
-        """Fork the recorder; do it before this process opens a store, so no connection is shared."""
+                 jobs: dict[str, Job] | None = None, on_trial_end: TrialHook | None = None) -> None:
+        """Fork the recorder; do it before this process opens a store, so no connection is shared.
+
+        `on_trial_end(agent, trial)` runs in the recorder once a finished trial's run is written."""
         import multiprocessing
 
         context = multiprocessing.get_context("fork")  # starts at once, with the data loaded
         self._requests, self._replies = context.Queue(), context.Queue()
         self.store_down = context.Event()  # set while writes fail: trials then do not wait for links
-        agent = Agent(tracking_uri, storage_spec, config, self.store_down)
+        agent = Agent(tracking_uri, storage_spec, config, self.store_down, on_trial_end)
         self._process = context.Process(target=_serve, name="sweep-mlflow-recorder", daemon=True,
                                         args=(agent, jobs or {}, self._requests, self._replies))
         self._process.start()
+        self._owner = os.getpid()
         self.tracking_uri = tracking_uri
         self._open: set[int] = set()
         self._stash: list[tuple] = []  # replies that came while another was awaited
@@ -146,6 +150,19 @@ class TrialRecorder:
         for number in sorted(self._open):
             self.close_trial(trials[number])
 
+    def can_link(self) -> bool:
+        """Whether a trial's link can still come: the recorder runs and the store answers."""
+        return not self.store_down.is_set() and self._alive()
+
+    def _alive(self) -> bool:
+        if os.getpid() == self._owner:
+            return self._process.is_alive()
+        try:  # a forked worker cannot ask multiprocessing about its sibling
+            os.kill(self._process.pid or 0, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def detach(self) -> None:
         """In a forked worker about to exit: push what it queued into the pipe first."""
         self._requests.close()
@@ -175,9 +192,10 @@ class Agent:
     """What the recorder process holds: the store's client, the sweep and its parent run, the
     trials' open runs, and what could not be logged. Jobs get it as their first argument."""
 
-    def __init__(self, tracking_uri: str, storage_spec: str, config: SweepConfig, store_down: Event) -> None:
+    def __init__(self, tracking_uri: str, storage_spec: str, config: SweepConfig, store_down: Event,
+                 on_trial_end: TrialHook | None = None) -> None:
         self.uri, self.storage_spec, self.config = tracking_uri, storage_spec, config
-        self.store_down = store_down
+        self.store_down, self.on_trial_end = store_down, on_trial_end
         self.client: MlflowClient | None = None
         self.parent_run_id, self.experiment_id = "", ""
         self.opened: dict[int, RunState] = {}
@@ -226,6 +244,8 @@ class Agent:
     def close_run(self, trial: FrozenTrial) -> None:
         record = trial_record(trial, self.config, self.config.study_name, self.parent_run_id)
         self._write(record, self.opened.pop(trial.number, None))
+        if self.on_trial_end is not None:
+            self.on_trial_end(self, trial)
 
     def _write(self, record: TrialRecord, run: RunState | None) -> str | None:
         """Write the record (retried); None, and the trial kept for the repair, when the store fails."""

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 POLL_S = 1.0  # how often a finishing `sweep run` looks at other workers' running trials
 WORKER_STOP_S = 30  # how long workers get to close their trial after an interrupt
-RUN_LINK_WAIT_S = 2  # the recorder links the run while the trial fits; a trial ending first waits this long
+LINK_WAIT_MAX_S = 120  # a trial that ends before its run is linked waits for the recorder, this long at most
 LINK_POLL_S = 0.002
 
 
@@ -109,12 +109,13 @@ def _link_run(trial: Trial, recorder: TrialRecorder) -> None:
     """Let the recorder finish linking the child run to the trial, when the trial ended first.
 
     The recorder writes the run id into the trial while it runs, so a trial that fits for longer
-    than a request takes never waits here; a shorter one waits for its link (at most
-    RUN_LINK_WAIT_S, and not at all while the store is down: then `sweep sync` finds the run by
-    its tags), since a finished trial cannot take it any more.
+    than a request takes never waits here. One that ends first (a very short trial, or one of the
+    first trials while MLflow starts) waits for its link, since a finished trial cannot take it
+    any more; not while the store is down or the recorder is gone (then `sweep sync` finds the
+    run by its tags).
     """
-    deadline = time.monotonic() + RUN_LINK_WAIT_S
-    while not _linked(trial) and not recorder.store_down.is_set() and time.monotonic() < deadline:
+    deadline = time.monotonic() + LINK_WAIT_MAX_S
+    while not _linked(trial) and recorder.can_link() and time.monotonic() < deadline:
         time.sleep(LINK_POLL_S)
 
 

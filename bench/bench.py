@@ -28,6 +28,7 @@ import argparse
 import concurrent.futures
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from measure import Timed, TrialTime
 WORKLOADS_PY = Path(__file__).resolve().with_name("workloads.py")
 PARALLEL_PROBE = 8  # param sets the --n-jobs ceiling is measured on
 FLAT_WINDOW = 20  # trials around each checkpoint of the flatness study (medians: single trials are noise)
-FIT_ROWS = 16_000  # the fit-dominated workload's rows: its floor takes ~20-30 s on the project's machine
+FIT_ROWS = 10_000  # the fit-dominated workload's rows: its floor takes ~20-30 s on the project's machine
 STUDY = "bench"
 
 
@@ -210,8 +211,9 @@ def sweep_variant(label: str, run: SweepRun) -> Variant:
     return Variant(label, run.timed, len(trials), m.best_value(trials), done, m.load_avg())
 
 
-def floor_variant(workdir: Path, space: Path, params: list[dict], label: str = "(a) floor") -> Variant:
-    timed, result = workload("floor", {"space": str(space), "params": params}, workdir)
+def floor_variant(workdir: Path, space: Path, params: list[dict], label: str = "(a) floor",
+                  threads: int | None = None) -> Variant:
+    timed, result = workload("floor", {"space": str(space), "params": params, "threads": threads}, workdir)
     done = [(end - timed.launched, score) for end, score in zip(result["done"], result["scores"], strict=True)]
     variant = Variant(label, timed, len(params), max(result["scores"]), done, m.load_avg())
     variant.extra["loop_s"] = result["done"][-1] - result["loop_start"]
@@ -234,8 +236,7 @@ def glue_variant(workdir: Path, space: Path, params: list[dict]) -> Variant:
     launched = timed.launched
     variant.extra["phases"] = {
         "start-up": start - launched, "trial loop": end - start,
-        "after the loop": result["loop_end"] - end,
-        "refit, log, register, alias": result["registered"] - result["loop_end"],
+        "refit, log, register, alias": result["registered"] - end,
         "interpreter exit": timed.wall_s - (result["registered"] - launched)}
     return variant
 
@@ -416,11 +417,15 @@ def worker_lag(trials: list[TrialTime]) -> float | None:
 
 def parallel_ceiling(root: Path, space: Path, params: list[dict]) -> float:
     """How much faster the machine does two floors' work at once than one after the other, right now: the
-    ceiling of any --n-jobs 2 speedup here (2 vCPUs may share a physical core; other jobs share both)."""
+    ceiling of any --n-jobs 2 speedup here (2 vCPUs may share a physical core; other jobs share both).
+    Threads as `sweep run` gives them: the one alone gets the libraries' default, each of the two gets
+    the cores divided by 2 (what matters for HistGradientBoosting's OpenMP)."""
     say(f"--n-jobs ceiling: the floor on {len(params)} of those param sets alone, then two at once ...")
     alone = floor_variant(root / "ceiling-alone", space, params).extra["loop_s"]
+    half = max(1, len(os.sched_getaffinity(0)) // 2)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        pair = list(pool.map(lambda i: floor_variant(root / f"ceiling-pair-{i}", space, params), (0, 1)))
+        pair = list(pool.map(lambda i: floor_variant(root / f"ceiling-pair-{i}", space, params, threads=half),
+                             (0, 1)))
     return 2 * alone / max(v.extra["loop_s"] for v in pair)
 
 
@@ -508,24 +513,30 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     print(f"machine: {m.machine()}; load average at start {m.load_avg():.1f}", flush=True)
     took: dict[str, float] = {}
+    failed: dict[str, str] = {}
 
     def timed_part(name: str, function: Any, *args: Any) -> Any:
+        """One part, timed; a part that fails is reported and the others still run (None: it failed)."""
         started = time.perf_counter()
         try:
             return function(*args)
+        except (Exception, SystemExit) as error:  # checked() stops a part with SystemExit
+            failed[name] = str(error).strip() or type(error).__name__
+            say(f"{name} FAILED, going on with the other parts: {failed[name]}")
+            return None
         finally:
             took[name] = time.perf_counter() - started
 
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"workloads": {}, "parallel": []}
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         root = Path(tmp)
         if "help" in options.parts:
             results["help"] = timed_part("help", help_time, root)
         chosen = [w for w in workloads(options.fit_rows, options.fit_trials) if w.key in options.parts]
         if chosen:
-            _, fixed = workload("fixed", {"tracking_uri": f"sqlite:///{root}/fixed/mlflow.db"}, root / "fixed")
-            results["fixed"] = fixed["seconds"]
-        results["workloads"] = {}
+            fixed = timed_part("one-off costs", workload, "fixed",
+                               {"tracking_uri": f"sqlite:///{root}/fixed/mlflow.db"}, root / "fixed")
+            results["fixed"] = fixed[1]["seconds"] if fixed else {}
         for w in chosen:
             glue_c = w.key == "quick" and "per-trial-glue" in options.parts
             results["workloads"][w.key] = timed_part(w.title, run_workload, root, w, options.repeats, glue_c)
@@ -536,10 +547,14 @@ def main(argv: list[str] | None = None) -> int:
                                    for i, row in enumerate(PARALLEL_ROWS)]
         if "flatness" in options.parts:
             results["flat"] = timed_part("flatness", flatness_run, root / "flatness", options.flat_trials)
-    report.print_all(results)
+    results["workloads"] = {k: v for k, v in results["workloads"].items() if v is not None}
+    results["parallel"] = [p for p in results["parallel"] if p is not None]
+    report.print_all({k: v for k, v in results.items() if v is not None})
+    for name, why in failed.items():
+        print(f"\nbench: {name} FAILED, its figures are missing:\n{why}")
     print("\nbench: time per part: " + ", ".join(f"{name} {s:.0f} s" for name, s in took.items()))
     print(f"bench: {time.perf_counter() - began:.0f} s in all; load average at the end {m.load_avg():.1f}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def write_space(path: Path, *, dataset: str, rows: int, n_trials: int, trees: in
         space["params"] = params
     for name in space["fixed"]:  # a param moved to `fixed` is no longer searched
         space["params"].pop(name, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 

@@ -41,9 +41,14 @@ def _splitter(config: Any) -> Any:
 # ---------------------------------------------------------------- (a) the bare floor
 
 def floor(spec: dict) -> dict:
-    """The given param sets, fitted and cross-validated by objective.evaluate: no Optuna, no MLflow."""
+    """The given param sets, fitted and cross-validated by objective.evaluate: no Optuna, no MLflow.
+    `threads`: cap OpenMP/BLAS threads as a `sweep run --n-jobs 2` worker is capped (HistGradientBoosting)."""
     from objective import build_estimator, evaluate, prepare_folds, scorer_for, size_param
 
+    if spec.get("threads"):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=spec["threads"])
     config, data = _load(spec)
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
     scorer, size = scorer_for(config), size_param(config.estimator)
