@@ -91,7 +91,7 @@ PARALLEL_ROWS = (
                 {"max_depth": 3, "subsample": 0.8, "max_features": None},
                 {"learning_rate": LEARNING_RATE,
                  "min_samples_leaf": {"type": "int", "low": 1, "high": 32, "log": True}}),
-    ParallelRow("HistGradientBoostingRegressor", "HistGradientBoostingRegressor", "make_regression", 5000, 16,
+    ParallelRow("HistGradientBoostingRegressor", "HistGradientBoostingRegressor", "make_regression", 5000, 12,
                 100, {"early_stopping": False},
                 {"learning_rate": LEARNING_RATE,
                  "min_samples_leaf": {"type": "int", "low": 5, "high": 50, "log": True}}),
