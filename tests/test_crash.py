@@ -146,19 +146,23 @@ def test_interrupt_with_no_promote_promotes_nothing(tmp_path, stores):
     assert MlflowClient(stores["tracking_uri"]).search_registered_models() == []
 
 
-def test_n_jobs_two_workers_one_parent_no_duplicates(tmp_path, stores):
-    config = small_space(tmp_path, study="crash", text=SLOW_SPACE.replace("n_estimators: 150", "n_estimators: 100")
-                         .replace("n_trials: 6", "n_trials: 12"))
+def sweep_with_two_jobs(tmp_path: Path, stores: dict, text: str, n_trials: int) -> list:
+    """`sweep run --n-jobs 2` to its end; the study's trials, each with its one child run."""
+    config = small_space(tmp_path, study="crash", text=text)
     result = subprocess.run(
         [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config), "--n-jobs", "2",
          "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    final = assert_nothing_lost(stores, n_trials=12)
-    assert len(final) == 12
-    workers = {t.user_attrs["sweep.worker"] for t in final}
-    assert len(workers) == 2, "both processes ran trials"
+    final = assert_nothing_lost(stores, n_trials=n_trials)
+    assert len({t.user_attrs["sweep.worker"] for t in final}) == 2, "both processes ran trials"
+    return final
+
+
+def test_n_jobs_two_workers_one_parent_no_duplicates(tmp_path, stores):
+    text = SLOW_SPACE.replace("n_estimators: 150", "n_estimators: 100").replace("n_trials: 6", "n_trials: 12")
+    assert len(sweep_with_two_jobs(tmp_path, stores, text, n_trials=12)) == 12
     assert not os.environ.get("SWEEP_STORAGE")
 
 
@@ -229,15 +233,7 @@ params:
 
 
 def test_n_jobs_two_hist_gradient_boosting_workers_share_the_cores(tmp_path, stores):
-    config = small_space(tmp_path, study="crash", text=HIST_SPACE)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config), "--n-jobs", "2",
-         "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    final = assert_nothing_lost(stores, n_trials=6)
-    assert len({t.user_attrs["sweep.worker"] for t in final}) == 2, "both processes ran trials"
+    sweep_with_two_jobs(tmp_path, stores, HIST_SPACE, n_trials=6)
 
 
 def test_a_worker_process_caps_its_openmp_threads_to_its_share():
