@@ -314,8 +314,12 @@ def refit_scored(prepared: Prepared, params: dict) -> tuple[Any, float]:
 
 def _open_parent(agent: Agent, known_run_id: str | None) -> str:
     """Create the study's parent run, or resume the one it has; link them both ways."""
-    parent_run_id = Tracker(agent.uri).parent_run(agent.config, known_run_id)
-    agent.bind(parent_run_id)
+    try:
+        parent_run_id = Tracker(agent.uri).parent_run(agent.config, known_run_id)
+        agent.bind(parent_run_id)
+    except Exception as error:  # the trials go on; finalize says why nothing was logged
+        agent.error = agent.error or f"{type(error).__name__}: {first_line(error)}"
+        raise
     agent.study().set_user_attr(keys.PARENT_RUN_ID, parent_run_id)  # `sweep worker`s wait for it
     return parent_run_id
 
@@ -323,7 +327,7 @@ def _open_parent(agent: Agent, known_run_id: str | None) -> str:
 def _finalize_once(prepared: Prepared, refit: BestRefit, agent: Agent, status: str) -> dict:
     """finalize, then end the parent run with `status` (FAILED if finalize failed)."""
     if not agent.parent_run_id:
-        raise SweepFailed(_STORE_FAILED.format(cause="the parent run could not be created"))
+        raise SweepFailed(_STORE_FAILED.format(cause=f"no parent run: {agent.error or 'not created'}"))
     tracker = Tracker(agent.uri)
     try:
         best = finalize(agent.study(), prepared, tracker, agent.parent_run_id, refit.model)

@@ -197,6 +197,7 @@ class Agent:
         self.uri, self.storage_spec, self.config = tracking_uri, storage_spec, config
         self.store_down, self.on_trial_end = store_down, on_trial_end
         self.client: MlflowClient | None = None
+        self.error = ""  # why the store or the parent run could not be had, in one line
         self.parent_run_id, self.experiment_id = "", ""
         self.opened: dict[int, RunState] = {}
         self.unlogged: set[int] = set()
@@ -214,8 +215,8 @@ class Agent:
             self.client.search_experiments(max_results=1)
         except Exception as error:  # MLflow wraps network and database errors in many types
             self.client = None
-            return first_line(error)
-        return ""
+            self.error = first_line(error)
+        return self.error
 
     def bind(self, parent_run_id: str) -> None:
         assert self.client is not None

@@ -251,3 +251,17 @@ def test_a_typo_under_data_options_is_collected_with_the_other_problems() -> Non
         "data.options.n_rowz: is not an option of make_classification; known: n_samples, n_features,"
         " n_informative, n_classes, noise.",
     ]
+
+
+def test_a_tracking_store_that_cannot_be_had_is_refused_before_anything_is_created(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "no" / "such" / "folder" / "mlflow.db"
+    assert sweep.main(["run", "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert capsys.readouterr().err == (f"sweep: tracking URI sqlite:///{missing}: cannot be used: the folder"
+                                       f" '{missing.parent}' does not exist.\n")
+    not_mlflow = tmp_path / "mlflow.db"
+    not_mlflow.write_text("not a database")
+    assert sweep.main(["run", "--tracking-uri", f"sqlite:///{not_mlflow}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sweep: tracking URI sqlite:///{not_mlflow}: cannot be used: ") and "\n" == err[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no study, no runs
