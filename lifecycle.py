@@ -129,7 +129,8 @@ def run(prepared: Prepared, options: Options) -> Outcome:
     runner.limit_threads(options.threads)
     # The recorder and the workers fork now, with the data loaded and nothing opened yet: no
     # import or load again, and no database connection shared across processes.
-    refit = BestRefit(prepared)
+    # Refitting ahead takes a core: only where the workers leave one free.
+    refit = BestRefit(prepared, ahead=options.n_jobs < (os.cpu_count() or 1))
     recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config, _jobs(prepared, refit),
                              on_trial_end=refit.consider)
     workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared, recorder)
@@ -262,10 +263,11 @@ def _jobs(prepared: Prepared, refit: BestRefit) -> dict[str, Job]:
 class BestRefit:
     """In the recorder process: refit the best trial so far on the training part and score it on
     the holdout, in a thread, while the trials go on (the fit releases the GIL for its trees), so
-    that the end of the sweep mostly logs and registers. Only the latest best is kept."""
+    that the end of the sweep mostly logs and registers. Only the latest best is kept; without
+    `ahead`, the best is fitted at the end only."""
 
-    def __init__(self, prepared: Prepared) -> None:
-        self.prepared = prepared
+    def __init__(self, prepared: Prepared, ahead: bool = True) -> None:
+        self.prepared, self.ahead = prepared, ahead
         self._best: float | None = None
         self._lock = threading.Lock()
         self._wanted: tuple[int, dict] | None = None
@@ -274,7 +276,7 @@ class BestRefit:
 
     def consider(self, agent: Agent, trial: FrozenTrial) -> None:
         """A trial ended (the recorder's hook): refit it when it is the best this recorder has seen."""
-        if trial.state.name != "COMPLETE" or trial.value is None \
+        if not self.ahead or trial.state.name != "COMPLETE" or trial.value is None \
                 or (self._best is not None and trial.value <= self._best):
             return
         self._best = trial.value
