@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
-from optuna.distributions import FloatDistribution
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 import child_runs
@@ -265,3 +265,27 @@ def test_a_tracking_store_that_cannot_be_had_is_refused_before_anything_is_creat
     err = capsys.readouterr().err
     assert err.startswith(f"sweep: tracking URI sqlite:///{not_mlflow}: cannot be used: ") and "\n" == err[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no study, no runs
+
+
+def test_the_best_trial_so_far_is_refitted_ahead_and_handed_over(tmp_path: Path) -> None:
+    import lifecycle
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    refit = lifecycle.BestRefit(lifecycle.prepare(space))
+
+    def trial(number: int, value: float, rate: float) -> optuna.trial.FrozenTrial:
+        frozen = create_trial(params={"learning_rate": rate, "max_depth": 2}, value=value,
+                              distributions={"learning_rate": FloatDistribution(0.05, 0.5, log=True),
+                                             "max_depth": IntDistribution(1, 3)})
+        frozen.number = number
+        return frozen
+
+    for number, value in enumerate([0.5, 0.9, 0.7]):  # trial 1 is the best: the one refitted
+        refit.consider(None, trial(number, value, 0.1 + number / 10))  # type: ignore[arg-type]
+    model, holdout = refit.model(1, {"learning_rate": 0.2, "max_depth": 2})
+    assert refit.model(1, {"learning_rate": 0.2, "max_depth": 2})[0] is model  # fitted once, ahead
+    assert model.get_params()["learning_rate"] == 0.2  # iris: the bare estimator, no preprocessing
+    assert 0.5 < holdout <= 1.0
+    other, _ = refit.model(4, {"learning_rate": 0.3, "max_depth": 1})  # a trial another worker ran
+    assert other is not model and other.get_params()["max_depth"] == 1
