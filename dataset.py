@@ -91,6 +91,8 @@ def _read_file(path: Path) -> Any:
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise ConfigError([f"data.path: must end in .csv or .parquet. Got {str(path)!r} instead."])
+    if path.is_dir():
+        raise ConfigError([f"data.path: {str(path)!r} is a folder, not a file."])
     if not path.is_file():
         raise ConfigError([f"data.path: file {str(path)!r} does not exist."])
     try:
@@ -125,9 +127,24 @@ def _check_target(target: Any, data: DataConfig, is_classifier: bool, cv: int) -
     if is_classifier:
         smallest = target.value_counts().min()
         needed = int(cv / (1 - data.holdout)) + 2
+        if smallest < needed and _looks_continuous(target):
+            raise ConfigError([f"{where}: holds {classes} distinct numbers, most of them in fewer than"
+                               f" {needed} rows: it looks continuous, not like classes; use"
+                               " GradientBoostingRegressor or HistGradientBoostingRegressor."])
         if smallest < needed:
             raise ConfigError([f"{where}: every class needs at least {needed} rows for cv={cv}"
                                f" and holdout={data.holdout}. Got {smallest} instead."])
+
+
+def _looks_continuous(target: Any) -> bool:
+    """Whole numbers such as a weight in grams: numeric, and more distinct values than a class
+    label set has (over 20), most of them rare."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if not is_numeric_dtype(target) or is_bool_dtype(target):
+        return False
+    counts = target.value_counts()
+    return len(counts) > 20 and (counts < 5).mean() > 0.5
 
 
 def _preprocessor(X: Any) -> Any:

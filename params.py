@@ -247,6 +247,11 @@ def check_grid(params: list[Param]) -> list[str]:
                 f" is grid. Got {p.distribution!r} instead." for p in params if _grid_size(p) is None]
     if problems:
         return problems
+    conditional = [p for p in params if p.when]
+    if conditional:  # Optuna's grid holds every param in every point: a `when` would repeat points
+        return [f"params.{key_name(p.name)}.when: must be left out when sampler is grid (each grid point"
+                " sets every param, so a skipped one would run the same point again). Got"
+                f" {dict(p.when)!r} instead." for p in conditional]
     total = math.prod(_grid_size(p) or 1 for p in params)  # none is None: checked above
     if total > GRID_LIMIT:
         problems.append(f"params: must make at most {GRID_LIMIT} combinations when sampler is grid."

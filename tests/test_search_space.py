@@ -239,6 +239,10 @@ REFUSED = [
     case("grid-too-large", changed(("sampler", "grid"), ("params.learning_rate", DROP),
                                    ("params.max_depth.high", 100_000)),
          "params: must make at most 100000 combinations when sampler is grid. Got 200000 instead."),
+    case("grid-with-when", changed(("sampler", "grid"), ("params.learning_rate", DROP), ("params.loss", LOSS),
+                                   ("params.ccp_alpha", {**CCP_ALPHA, "step": 0.005})),
+         "params.ccp_alpha.when: must be left out when sampler is grid (each grid point sets every param,"
+         " so a skipped one would run the same point again). Got {'loss': ('exponential',)} instead."),
     # data, as far as it is checked without reading it
     case("data-missing", changed(("data", DROP)),
          "data: must be a mapping with 'dataset' or 'path'. Got None instead."),
@@ -366,6 +370,9 @@ DATA_REFUSED = [
               " not a Classifier."),
     data_case("string-target-with-regressor", REG, CSV, "r2", ["a", "b"] * 30,
               "data.target ('y'): must be numeric for a Regressor. Got {dtype} instead."),
+    data_case("whole-number-measurements-with-classifier", CLF, CSV, "accuracy", [1000.0 + i for i in range(60)],
+              "data.target ('y'): holds 60 distinct numbers, most of them in fewer than 4 rows: it looks"
+              " continuous, not like classes; use GradientBoostingRegressor or HistGradientBoostingRegressor."),
     data_case("one-class", CLF, CSV, "accuracy", [1] * 60,
               "data.target ('y'): must hold at least 2 classes for a Classifier. Got 1 instead."),
     data_case("class-too-small-for-cv", CLF, CSV, "accuracy", [0] * 57 + [1] * 3,
@@ -404,6 +411,13 @@ def test_validate_refuses_data_and_metric(tmp_path: Path, capsys: pytest.Capture
     config.write_text(changed(("estimator", estimator), ("data", data), ("metric", metric)))
     dtype = rows(target).y.dtype if target else None
     assert_refused(capsys, config, [p.format(path=data.get("path"), dtype=dtype) for p in problems])
+
+
+def test_validate_says_a_data_path_is_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "rows.csv").mkdir()
+    config = tmp_path / "space.yaml"
+    config.write_text(changed(("data", {**CSV, "path": str(tmp_path / "rows.csv")})))
+    assert_refused(capsys, config, [f"data.path: '{tmp_path / 'rows.csv'}' is a folder, not a file."])
 
 
 def test_prepare_raises_the_same_problems(tmp_path: Path) -> None:
