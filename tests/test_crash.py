@@ -151,12 +151,14 @@ def sweep_with_two_jobs(tmp_path: Path, stores: dict, text: str, n_trials: int) 
     config = small_space(tmp_path, study="crash", text=text)
     result = subprocess.run(
         [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config), "--n-jobs", "2",
-         "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
+         "--log-format", "json", "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     final = assert_nothing_lost(stores, n_trials=n_trials)
     assert len({t.user_attrs["sweep.worker"] for t in final}) == 2, "both processes ran trials"
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert sorted(line["number"] for line in lines) == [t.number for t in final], "a JSON line per trial"
     return final
 
 
