@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from search_space import SweepConfig
 
 FLUSH_TIMEOUT_S = 120  # how long the end of a sweep waits for queued MLflow writes
+JOB_TIMEOUT_S = 3600  # a job (finalize refits on the whole training part) may take long; a dead recorder is seen at once
 READY_TIMEOUT_S = 120  # a new store's tables take seconds to create here
 STORE_DOWN_PAUSE_S = 30  # after a write failed all its retries, later writes wait this long unsent
 ALIVE_POLL_S = 0.5  # how often a waiting side checks that the other one still runs
@@ -94,7 +95,7 @@ class TrialRecorder:
         """Run a job in the recorder, after what was queued before it; its result is not awaited."""
         self._requests.put(("job", job, args, False))
 
-    def call(self, job: str, *args: Any, timeout: float = FLUSH_TIMEOUT_S) -> Any:
+    def call(self, job: str, *args: Any, timeout: float = JOB_TIMEOUT_S) -> Any:
         """Run a job in the recorder and return its result; a ConfigError or SweepFailed it raises is
         raised here, any other failure becomes SweepFailed."""
         self._requests.put(("job", job, args, True))
