@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from search_space import SweepConfig
 
 FLUSH_TIMEOUT_S = 120  # how long the end of a sweep waits for queued MLflow writes
-JOB_TIMEOUT_S = 3600  # a job (finalize refits on the whole training part) may take long; a dead recorder is seen at once
+JOB_TIMEOUT_S = 3600  # finalize refits on the whole training part; a dead recorder is seen at once
 READY_TIMEOUT_S = 120  # a new store's tables take seconds to create here
 STORE_DOWN_PAUSE_S = 30  # after a write failed all its retries, later writes wait this long unsent
 ALIVE_POLL_S = 0.5  # how often a waiting side checks that the other one still runs
