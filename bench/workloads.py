@@ -45,11 +45,12 @@ def floor(spec: dict) -> dict:
     `threads`: cap OpenMP/BLAS threads as a `sweep run --n-jobs 2` worker is capped (HistGradientBoosting)."""
     from objective import build_estimator, evaluate, prepare_folds, scorer_for, size_param
 
-    if spec.get("threads"):
+    config, data = _load(spec)
+    if spec.get("threads"):  # after sklearn's import: threadpoolctl caps only the libraries loaded by then
+        import sklearn.ensemble  # noqa: F401 - loads HistGradientBoosting's OpenMP runtime
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=spec["threads"])
-    config, data = _load(spec)
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
     scorer, size = scorer_for(config), size_param(config.estimator)
     loop_start, done, scores, fit_s = time.time(), [], [], []
