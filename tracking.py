@@ -178,9 +178,6 @@ class Tracker:
         except MlflowException:
             return False
 
-    def experiment_of(self, run_id: str) -> str:
-        return str(self.client.get_run(run_id).info.experiment_id)
-
     def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any) -> None:
         """Best params (YAML and JSON), the trials table and the best-so-far curve on the parent."""
         import yaml
