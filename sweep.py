@@ -58,10 +58,12 @@ def _study_name(args: argparse.Namespace, may_take_latest: bool = True) -> str:
     take another (`worker`); else the study started last in the storage."""
     user_config = _user_config(args)
     named = args.study_name or (search_space.load(user_config).study_name if user_config else None)
-    default = search_space.load(SHIPPED_CONFIG).study_name
+    if named:
+        return str(named)
+    default = search_space.load(SHIPPED_CONFIG).study_name  # validating it imports scikit-learn
     if not may_take_latest:
-        return str(named or default)
-    name, latest = studies.pick_study_name(_storage(args), named, default)
+        return default
+    name, latest = studies.pick_study_name(_storage(args), None, default)
     if latest and not args.quiet:
         say(f"study {name!r}: the latest in {mask_uri(_storage(args))} (--study-name picks another)")
     return name
