@@ -392,12 +392,11 @@ def work(study: Study, prepared: Prepared, options: Options) -> int:
             try:
                 ran = run_trials(study, prepared, recorder, options, wait_for_workers=False)
             except Interrupted as interrupt:
-                _report_unlogged(_close_runs(recorder, study))
                 return interrupt.exit_code
             except runner.BudgetExceeded as error:
-                _report_unlogged(_close_runs(recorder, study))
                 raise SweepFailed(str(error)) from None
-            _report_unlogged(_close_runs(recorder, study))
+            finally:  # however the trials ended, their runs are closed and flushed first
+                _report_unlogged(_close_runs(recorder, study))
     finally:
         recorder.stop()
     if not options.quiet:
