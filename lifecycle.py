@@ -81,12 +81,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextmanager
-def interrupts() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Interrupted; once one has, a second one exits at once."""
+def interrupts(second_exits: bool = True) -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted; once one has, a second one exits at once, or, in a
+    forked worker, is ignored: a signal to the whole group reaches it twice (once directly, once
+    forwarded by `sweep run`), and exiting on the second would leave its trial RUNNING. Its parent
+    SIGKILLs a worker that does not stop in time."""
 
     def first(signum: int, frame: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda s, f: os._exit(128 + s))
+            signal.signal(sig, (lambda s, f: os._exit(128 + s)) if second_exits else signal.SIG_IGN)
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -131,18 +134,19 @@ def run(prepared: Prepared, options: Options) -> Outcome:
     # import or load again, and no database connection shared across processes.
     # Refitting ahead takes a core: only where the workers leave one free.
     refit = BestRefit(prepared, ahead=options.n_jobs < (os.cpu_count() or 1))
-    recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config, _jobs(prepared, refit),
-                             on_trial_end=refit.consider)
-    workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared, recorder)
-    try:
-        if must_open_first:  # a refused sweep creates no study
-            recorder.wait_ready()
-        return _run_sweep(prepared, options, recorder, workers)
-    except BaseException as error:
-        runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
-        raise
-    finally:
-        recorder.stop()
+    with interrupts():  # from the first fork on: a SIGTERM while starting must not orphan a worker
+        recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config, _jobs(prepared, refit),
+                                 on_trial_end=refit.consider)
+        workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared, recorder)
+        try:
+            if must_open_first:  # a refused sweep creates no study
+                recorder.wait_ready()
+            return _run_sweep(prepared, options, recorder, workers)
+        except BaseException as error:
+            runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
+            raise
+        finally:
+            recorder.stop()
 
 
 def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
@@ -153,22 +157,22 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
     # Created while the first trials run (MLflow's import and a new store take seconds); their
     # child runs come right after it, and a trial that ends first waits for its link.
     recorder.send("parent", study.user_attrs.get(keys.PARENT_RUN_ID))
-    with interrupts():
-        try:
-            ran = run_trials(study, prepared, recorder, options)
-            runner.stop_workers(workers)
-        except Interrupted as interrupt:
-            runner.stop_workers(workers, interrupt.signum)
-            return _after_interrupt(study, prepared, recorder, interrupt, options)
-        except runner.BudgetExceeded as error:
-            runner.stop_workers(workers, signal.SIGTERM)
-            _report_unlogged(_close_runs(recorder, study))
-            recorder.call("finish_parent", "FAILED")
-            raise SweepFailed(str(error)) from None
-        _close_runs(recorder, study)  # what it missed, finalize repairs
-        say(f"study {config.study_name!r}: {ran} trials ran now, {runner.count(study).counted} of"
-            f" {config.n_trials} counted.")
-        best = recorder.call("finalize", "FINISHED")
+    try:
+        ran = run_trials(study, prepared, recorder, options)
+        runner.stop_workers(workers)
+    except Interrupted as interrupt:
+        runner.stop_workers(workers, interrupt.signum)
+        runner.fail_stale_trials(study)  # of a worker that had to be killed
+        return _after_interrupt(study, prepared, recorder, interrupt, options)
+    except runner.BudgetExceeded as error:
+        runner.stop_workers(workers, signal.SIGTERM)
+        _report_unlogged(_close_runs(recorder, study))
+        recorder.call("finish_parent", "FAILED")
+        raise SweepFailed(str(error)) from None
+    _close_runs(recorder, study)  # what it missed, finalize repairs
+    say(f"study {config.study_name!r}: {ran} trials ran now, {runner.count(study).counted} of"
+        f" {config.n_trials} counted.")
+    best = recorder.call("finalize", "FINISHED")
     say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
     return Outcome(0, best)
 
@@ -204,7 +208,7 @@ def _forked_worker(options: Options, prepared: Prepared, recorder: TrialRecorder
         # The config attr is set last when the study is created: then it is ready to sample.
         study = studies.load_study(options.storage, prepared.config.study_name, wait_s=FORKED_WAIT_S,
                                    attr=keys.CONFIG)
-        with interrupts():
+        with interrupts(second_exits=False):
             try:
                 run_trials(study, prepared, recorder, options, wait_for_workers=False)
             except Interrupted as interrupt:
@@ -392,6 +396,8 @@ def work(study: Study, prepared: Prepared, options: Options) -> int:
             try:
                 ran = run_trials(study, prepared, recorder, options, wait_for_workers=False)
             except Interrupted as interrupt:
+                say(f"worker: interrupted by {interrupt}; the trial it was running is failed."
+                    " Start the worker again to go on.")
                 return interrupt.exit_code
             except runner.BudgetExceeded as error:
                 raise SweepFailed(str(error)) from None

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from recorder import TrialRecorder
 
 POLL_S = 1.0  # how often a finishing `sweep run` looks at other workers' running trials
-WORKER_STOP_S = 30  # how long workers get to close their trial after an interrupt
+WORKER_STOP_S = 5  # how long workers get to close their trial after an interrupt (a supervisor may give 10 s)
 LINK_WAIT_MAX_S = 30  # a trial that ends before its run is linked waits for the recorder, this long at most
 LINK_POLL_S = 0.002
 
