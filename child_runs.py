@@ -57,6 +57,7 @@ def trial_record(trial: FrozenTrial, config: SweepConfig, study_name: str, paren
     if _finite(attrs.get(keys.FIT_TIME_S)):
         metrics.append(("fit_time_s", attrs[keys.FIT_TIME_S], 0))
     tags = run_tags(trial.number, state, study_name, parent_run_id)
+    tags |= {key: str(attrs[key]) for key in (keys.FROM_STUDY, keys.FROM_TRIAL) if key in attrs}
     error = attrs.get(keys.ERROR)
     if error and state == "FAIL":
         tags[keys.ERROR] = error[:MAX_TAG_LENGTH]

@@ -16,6 +16,7 @@ CONFIG = "sweep.config"  # the search space's YAML text, as `sweep run` validate
 N_TRIALS = "sweep.n_trials"  # also a tag of the parent run
 PARENT_RUN_ID = "sweep.parent_run_id"
 PROMOTED_TRIAL = "sweep.promoted_trial"
+FROM_STUDY = "sweep.from_study"  # the study it continued from (also on a carried trial and its run)
 
 # ---- a trial's user attrs
 WORKER = "sweep.worker"  # host:pid:start of the process that runs it
@@ -24,6 +25,7 @@ ERROR = "sweep.error"  # also the tag of a failed trial's child run
 FIT_TIME_S = "sweep.fit_time_s"
 SCORE_STD = "sweep.score_std"
 RETRY_OF = "sweep.retry_of"
+FROM_TRIAL = "sweep.from_trial"  # a carried trial's number in the study it came from (also a run tag)
 RUN_ID = "mlflow_run_id"  # the trial's child run
 
 # ---- MLflow run tags (and model version tags)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import carry
 import child_runs
 import dataset
 import keys
@@ -129,6 +130,7 @@ def run(prepared: Prepared, options: Options) -> Outcome:
     """Check the tracking store, fork the recorder and the workers, open the study, run the
     trials (here and in the workers), then finalize once (in the recorder)."""
     must_open_first = tracking.precheck(options.tracking_uri, prepared.config.experiment)
+    planned = carry.plan(options.storage, prepared.config, prepared.dataset.digest)
     runner.limit_threads(options.threads)
     # The recorder and the workers fork now, with the data loaded and nothing opened yet: no
     # import or load again, and no database connection shared across processes.
@@ -141,7 +143,7 @@ def run(prepared: Prepared, options: Options) -> Outcome:
         try:
             if must_open_first:  # a refused sweep creates no study
                 recorder.wait_ready()
-            return _run_sweep(prepared, options, recorder, workers)
+            return _run_sweep(prepared, options, recorder, workers, planned)
         except BaseException as error:
             runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
             raise
@@ -150,13 +152,17 @@ def run(prepared: Prepared, options: Options) -> Outcome:
 
 
 def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
-               workers: list[BaseProcess]) -> Outcome:
+               workers: list[BaseProcess], planned: carry.Carry | None) -> Outcome:
     config = prepared.config
-    study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest)
+    study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest,
+                               when_new=functools.partial(carry.carry, planned=planned) if planned else None)
     study.set_user_attr(keys.N_TRIALS, config.n_trials)
     # Created while the first trials run (MLflow's import and a new store take seconds); their
     # child runs come right after it, and a trial that ends first waits for its link.
     recorder.send("parent", study.user_attrs.get(keys.PARENT_RUN_ID))
+    carried = carry.carried_count(study)
+    if carried:
+        recorder.send("repair")  # the carried trials' child runs, for the UI while the sweep runs
     try:
         ran = run_trials(study, prepared, recorder, options)
         runner.stop_workers(workers)
@@ -170,8 +176,9 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
         recorder.call("finish_parent", "FAILED")
         raise SweepFailed(str(error)) from None
     _close_runs(recorder, study)  # what it missed, finalize repairs
-    say(f"study {config.study_name!r}: {ran} trials ran now, {runner.count(study).counted} of"
-        f" {config.n_trials} counted.")
+    before = f"{carried} trials carried over from {study.user_attrs[keys.FROM_STUDY]!r}, " if carried else ""
+    say(f"study {config.study_name!r}: {before}{ran} {'' if carried else 'trials '}ran now,"
+        f" {runner.count(study).counted} of {config.n_trials} counted.")
     best = recorder.call("finalize", "FINISHED")
     say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
     return Outcome(0, best)
@@ -261,7 +268,8 @@ def _jobs(prepared: Prepared, refit: BestRefit) -> dict[str, Job]:
     """What `sweep run` asks of its recorder process, which has MLflow imported and the store open."""
     return {"parent": _open_parent,
             "finalize": functools.partial(_finalize_once, prepared, refit),
-            "finish_parent": _finish_parent_if_possible}
+            "finish_parent": _finish_parent_if_possible,
+            "repair": functools.partial(_repair_child_runs, prepared)}
 
 
 class BestRefit:
@@ -372,6 +380,11 @@ def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: 
     say(f"registered {config.model_name!r} version {promotion.version} as @{promotion.alias}"
         f" (holdout {config.metric} {holdout:.4f})")
     return best
+
+
+def _repair_child_runs(prepared: Prepared, agent: Agent) -> None:
+    if agent.parent_run_id and agent.client is not None:
+        child_runs.sync(agent.client, agent.study(), prepared.config, agent.parent_run_id)
 
 
 def _finish_parent_if_possible(agent: Agent, status: str) -> None:

@@ -41,7 +41,7 @@ SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 TOP_KEYS = (
     "experiment", "study_name", "model_name", "estimator", "data", "metric", "cv", "seed",
-    "sampler", "pruner", "n_trials", "timeout", "max_failures", "fixed", "params",
+    "sampler", "pruner", "n_trials", "timeout", "max_failures", "fixed", "params", "from",
 )
 DATA_KEYS = ("dataset", "path", "target", "drop", "holdout", "options")
 BUNDLED = (
@@ -51,7 +51,7 @@ SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "n
 DEFAULTS: dict[str, Any] = {
     "experiment": "sweep", "study_name": None, "model_name": None, "cv": 5, "seed": 42,
     "sampler": "tpe", "pruner": "none", "n_trials": 20, "timeout": None, "max_failures": 10,
-    "fixed": {},
+    "fixed": {}, "from": None,
 }
 MAX_SEED = 2**32 - 1  # numpy's RandomState, behind the samplers and the splits, takes no more
 
@@ -88,6 +88,7 @@ class SweepConfig:
     fixed: dict
     params: tuple[Param, ...]
     source: str = ""  # the YAML text as given
+    from_study: str | None = None  # `from:`: the study whose fitting trials a new study starts with
 
     @property
     def is_classifier(self) -> bool:
@@ -223,6 +224,7 @@ def _build(raw: dict, text: str) -> SweepConfig:
     values: dict[str, Any] = {**DEFAULTS, **{k: v for k, v in raw.items() if k in TOP_KEYS}}
     experiment = _check_name(values, "experiment", problems) or ""  # "" only with a problem
     study_name = _check_name(values, "study_name", problems, optional=True)
+    from_study = _check_name(values, "from", problems, optional=True)
     model_name = _check_name(values, "model_name", problems, optional=True)
     estimator: Any = values.get("estimator")
     if estimator not in ESTIMATORS:
@@ -262,7 +264,7 @@ def _build(raw: dict, text: str) -> SweepConfig:
         experiment=experiment, study_name=study_name, model_name=model_name or experiment,
         estimator=estimator, data=data, metric=metric, cv=cv, seed=seed, sampler=sampler,
         pruner=pruner, n_trials=n_trials, timeout=timeout, max_failures=max_failures,
-        fixed=dict(fixed), params=tuple(searched), source=text,
+        fixed=dict(fixed), params=tuple(searched), source=text, from_study=from_study,
     )
 
 

@@ -149,8 +149,13 @@ def make_pruner(config: SweepConfig) -> BasePruner:
     }[config.pruner]()
 
 
-def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str) -> Study:
-    """Create the study, or load it and refuse a changed space or data."""
+def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str,
+               when_new: Callable[[Study], Any] | None = None) -> Study:
+    """Create the study, or load it and refuse a changed space or data.
+
+    `when_new(study)` runs on a new study before it is marked ready (its config attr, which
+    workers wait for), e.g. to add the trials it continues with; again on the next run if it
+    did not get that far."""
     import optuna
 
     study = optuna.create_study(
@@ -158,8 +163,11 @@ def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str) -> S
         sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
     )
     if keys.SPACE_SHA256 not in study.user_attrs:
+        if when_new is not None:
+            when_new(study)
+        continued = {keys.FROM_STUDY: config.from_study} if config.from_study else {}
         remember = {keys.SPACE_SHA256: config.space_sha256(), keys.DATA_SHA256: data_digest,
-                    keys.FIXED_PARAMS: config.fixed, keys.CONFIG: config.source}
+                    keys.FIXED_PARAMS: config.fixed, **continued, keys.CONFIG: config.source}
         for key, value in remember.items():
             study.set_user_attr(key, value)
     check_same_sweep(study, config, data_digest)
@@ -176,6 +184,10 @@ def check_same_sweep(study: Study, config: SweepConfig, data_digest: str) -> Non
         raise ConfigError([
             f"study {study.study_name!r}: was started on other data (its rows or columns differ);"
             " give it the same data or pick a new --study-name."])
+    if config.from_study and attrs.get(keys.FROM_STUDY) != config.from_study:
+        raise ConfigError([
+            f"study {study.study_name!r}: exists already, and was not continued from {config.from_study!r};"
+            " pick a new --study-name to continue from it."])
 
 
 LOAD_POLL_S = 0.1  # how often a waiting worker looks for the study: it starts as soon as it is there
@@ -216,7 +228,8 @@ def study_config(study: Study) -> SweepConfig:
     """The sweep's config as the study remembers it (what `sweep run` validated)."""
     import search_space
 
-    overrides = {"study_name": study.study_name, "n_trials": study.user_attrs.get(keys.N_TRIALS)}
+    overrides = {"study_name": study.study_name, "n_trials": study.user_attrs.get(keys.N_TRIALS),
+                 "from": study.user_attrs.get(keys.FROM_STUDY)}
     return search_space.parse(study.user_attrs[keys.CONFIG], origin=f"study {study.study_name!r}",
                               overrides=overrides)
 

@@ -97,7 +97,7 @@ def _as_json(value: Any) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, open both stores, run the trials (here and in workers), then finalize once."""
     overrides = {"study_name": args.study_name, "experiment": args.experiment,
-                 "n_trials": args.n_trials, "timeout": args.timeout}
+                 "n_trials": args.n_trials, "timeout": args.timeout, "from": args.from_study}
     prepared = lifecycle.prepare(_config_path(args), overrides)
     outcome = lifecycle.run(prepared, _options(args))
     if outcome.best is not None:
@@ -182,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="the study's total of completed and pruned trials")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--output", help="write the best params JSON to this file instead of stdout")
+    run.add_argument("--from", dest="from_study", metavar="OLD",
+                     help="a new study starts with the trials of study OLD that fit its space")
     run.add_argument("--n-jobs", type=_positive_int, default=1,
                      help="worker processes on this machine (default: 1)")
     run.add_argument("--no-promote-on-interrupt", action="store_true",

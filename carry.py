@@ -1,0 +1,166 @@
+"""Continue from another study (`sweep run --from OLD`): the old study's finished trials that fit
+the new space, carried into the new study before its first trial.
+
+A trial is carried only when it scored exactly what the new sweep would score for its params:
+the same estimator, data, metric, folds and seed, and every estimator param at the same value.
+A param the old study did not sample had the value it had then: its fixed value, else the
+estimator's default. So a trial fits when each param the new space samples (its `when` holding)
+lies in its new range, on its step, or among its new choices; and each param it does not sample
+keeps the value the old trial ran with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import keys
+import studies
+from errors import ConfigError, mask_uri
+from params import Param, estimator_class
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from search_space import SweepConfig
+
+CARRIED_STATES = ("COMPLETE", "PRUNED")
+
+
+@dataclass(frozen=True)
+class Carry:
+    """What a new study takes from the old one: its name and the trials, rebuilt for the new space."""
+
+    study_name: str
+    trials: tuple[FrozenTrial, ...]
+    looked_at: int  # the old study's completed and pruned trials
+
+
+def plan(storage_spec: str, config: SweepConfig, data_digest: str) -> Carry | None:
+    """The trials to carry, or None without `from`; ConfigError when the old study scored
+    something else (checked before anything is created)."""
+    if not config.from_study:
+        return None
+    name = config.from_study
+    if name == config.study_name:
+        raise ConfigError([f"from: names this sweep's own study {name!r}; give the new sweep another"
+                           " study_name (or --study-name)."])
+    old = _old_study(storage_spec, name)
+    old_config = studies.study_config(old)
+    problems = differences(old_config, old.user_attrs.get(keys.DATA_SHA256), config, data_digest)
+    if problems:
+        raise ConfigError(problems)
+    finished = [t for t in old.get_trials(deepcopy=False) if t.state.name in CARRIED_STATES]
+    carried = tuple(c for t in finished if (c := rebuild(t, old_config, config, name)) is not None)
+    return Carry(name, carried, len(finished))
+
+
+def _old_study(storage_spec: str, name: str) -> Study:
+    try:
+        old = studies.load_study(storage_spec, name, attr=keys.CONFIG)
+    except ConfigError:
+        raise ConfigError([f"from: study {name!r} is not in storage {mask_uri(storage_spec)}"
+                           " (a sweep's study, created by `sweep run`)."]) from None
+    engine = getattr(old._storage, "engine", None)
+    if engine is not None:  # pooled connections must not be shared with the processes forked next
+        engine.dispose()
+    return old
+
+
+def differences(old: SweepConfig, old_digest: str | None, new: SweepConfig, new_digest: str) -> list[str]:
+    """One line per setting that makes the old study's scores not comparable with the new ones."""
+    where = f"study {old.study_name!r}"
+    problems = [f"{key}: is {now!r} here but was {then!r} in {where}; its trials scored something else."
+                for key, then, now in (("estimator", old.estimator, new.estimator), ("metric", old.metric, new.metric),
+                                       ("cv", old.cv, new.cv), ("seed", old.seed, new.seed))
+                if then != now]
+    if old_digest != new_digest:
+        problems.append(f"data: differs from the data of {where} (its rows or columns); its trials scored"
+                        " other data.")
+    if problems:
+        return problems
+    searched = {p.name for p in old.params} | {p.name for p in new.params}
+    for name in sorted(set(old.fixed) | set(new.fixed), key=str):
+        if name in searched:
+            continue  # moved between fixed and params: decided trial by trial
+        then, now = _fixed_value(old, name), _fixed_value(new, name)
+        if not _same(then, now):
+            problems.append(f"fixed.{name}: is {now!r} here but was {then!r} in {where}; its trials"
+                            " scored something else.")
+    return problems
+
+
+def rebuild(trial: FrozenTrial, old: SweepConfig, new: SweepConfig, old_name: str) -> FrozenTrial | None:
+    """The old trial as a trial of the new space, or None when it does not fit."""
+    import optuna
+
+    ran_with = {**_defaults(old.estimator), **old.fixed, **trial.params}
+    params: dict[str, Any] = {}
+    distributions: dict[str, Any] = {}
+    for param in new.params:
+        if not all(params.get(other, _MISSING) in values for other, values in param.when.items()):
+            continue  # not sampled by the new space: checked with the unsampled params below
+        value = ran_with.get(param.name)
+        if not fits(value, param):
+            return None
+        params[param.name], distributions[param.name] = value, param.distribution
+    would_run_with = {**_defaults(new.estimator), **new.fixed}
+    for name in set(ran_with) - set(params):
+        if not _same(ran_with[name], would_run_with.get(name, ran_with[name])):
+            return None
+    carried = optuna.trial.create_trial(
+        state=trial.state, value=trial.value, params=params, distributions=distributions,
+        intermediate_values=dict(trial.intermediate_values),
+        user_attrs={**{k: v for k, v in trial.user_attrs.items() if k in (keys.SCORE_STD, keys.FIT_TIME_S)},
+                    keys.FROM_STUDY: old_name, keys.FROM_TRIAL: trial.number},
+    )
+    carried.datetime_start, carried.datetime_complete = trial.datetime_start, trial.datetime_complete
+    return carried
+
+
+def fits(value: Any, param: Param) -> bool:
+    """Whether the new space could have sampled this value: in range and on the step, or a choice."""
+    d = param.distribution
+    choices = getattr(d, "choices", None)
+    if choices is not None:
+        return any(_same(value, choice) for choice in choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if type(d).__name__ == "IntDistribution" and value != int(value):
+        return False
+    if not d.low <= value <= d.high:
+        return False
+    steps = (value - d.low) / d.step if d.step else 0.0
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+
+def carry(study: Study, planned: Carry) -> int:
+    """Add the planned trials the study lacks (so a crash halfway is mended by the next run);
+    return how many the study holds from the old one."""
+    have = {t.user_attrs.get(keys.FROM_TRIAL) for t in study.get_trials(deepcopy=False)}
+    study.add_trials([t for t in planned.trials if t.user_attrs[keys.FROM_TRIAL] not in have])
+    return len(planned.trials)
+
+
+def carried_count(study: Study) -> int:
+    return sum(keys.FROM_TRIAL in t.user_attrs for t in study.get_trials(deepcopy=False))
+
+
+def _fixed_value(config: SweepConfig, name: str) -> Any:
+    return config.fixed[name] if name in config.fixed else _defaults(config.estimator).get(name)
+
+
+def _defaults(estimator: str) -> dict[str, Any]:
+    return estimator_class(estimator)().get_params()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as the estimator sees them: 100 and 100.0 are; True and 1 are not."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+_MISSING = object()
