@@ -188,17 +188,38 @@ def _check_port_free(host: str, port: int) -> None:
                             f" http://{_link_host(host)}:{port}.")]) from None
 
 
-@dataclass(frozen=True)
+@dataclass
 class UiServer:
     process: subprocess.Popen
     log: IO[str]  # its output: stderr with --debug, else a temporary file for the last lines
+    watchdog: subprocess.Popen | None = None  # ends the server when sweep ui dies (_start_watchdog)
+    lifeline: int = -1  # the write end of the watchdog's pipe
+
+
+# Run by a second interpreter. EOF on stdin comes when the pipe's only write end closes, which the
+# kernel does however sweep ui ends (SIGKILL too); then the server's process group is ended.
+_WATCHDOG = """\
+import os, signal, sys, time
+group, grace = int(sys.argv[1]), float(sys.argv[2])
+while os.read(0, 512):
+    pass
+try:
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        os.killpg(group, 0)
+    os.killpg(group, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
 
 
 def start_ui(tracking_uri: str, host: str, port: int, debug: bool) -> UiServer | None:
     """`mlflow server` on the store, answering /health; None, said why, when it does not start.
 
-    It runs in its own process group (uvicorn and helpers under it), which stop_ui ends as a whole;
-    its log goes to stderr only with --debug.
+    It runs in its own process group (uvicorn and helpers under it), which stop_ui ends as a whole,
+    and a watchdog when sweep ui dies without stop_ui (SIGKILL); its log goes to stderr only with --debug.
     """
     import os
     import subprocess
@@ -216,6 +237,7 @@ def start_ui(tracking_uri: str, host: str, port: int, debug: bool) -> UiServer |
     server = UiServer(process, log)
     deadline = time.monotonic() + UI_START_TIMEOUT_S
     try:
+        server.watchdog, server.lifeline = _start_watchdog(process.pid)
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://{_link_host(host)}:{port}/health", timeout=2):
@@ -229,6 +251,28 @@ def start_ui(tracking_uri: str, host: str, port: int, debug: bool) -> UiServer |
     stop_ui(server)
     say(f"sweep: the MLflow UI did not start: {tail or 'no answer in time'}")
     return None
+
+
+def _start_watchdog(group: int) -> tuple[subprocess.Popen, int]:
+    """A process that ends the server's group once sweep ui is gone, and the pipe end that keeps it waiting.
+
+    PR_SET_PDEATHSIG would end the server alone, not the uvicorn under it. The watchdog has a
+    session of its own, so a Ctrl-C or a hang-up meant for sweep ui's terminal does not end it.
+    """
+    import os
+    import subprocess
+
+    read_end, write_end = os.pipe()  # non-inheritable: no other child of sweep ui holds the write end
+    try:
+        watchdog = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(group), str(UI_STOP_TIMEOUT_S)],
+                                    stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return watchdog, write_end
 
 
 def wait_ui(server: UiServer) -> int:
@@ -266,6 +310,10 @@ def stop_ui(server: UiServer) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+    if server.watchdog is not None:  # the group is ended: its watch is over
+        server.watchdog.kill()
+        server.watchdog.wait()
+        os.close(server.lifeline)
     if server.log is not sys.stderr:
         server.log.close()
 

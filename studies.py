@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keys
-from errors import ConfigError, SweepFailed, first_line, mask_uri
+from errors import ConfigError, SweepFailed, first_line, mask_uri, say
 from search_space import SweepConfig
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def PageCacheJournal(path: str) -> Any:  # noqa: N802 - a class, built on first 
     overhead here). A record is still one write of whole lines under the file lock, so a killed
     process loses nothing (its writes are in the OS's page cache); only an OS crash can lose the
     last records. The file stays a plain journal that the Optuna CLI and optuna-dashboard read.
+    A record such a crash left cut off is cut away on open (repair_torn_tail).
     """
     global _PageCacheJournal
     if _PageCacheJournal is None:
@@ -82,6 +83,12 @@ def _define_page_cache_journal() -> type:
             self._lock_obj = JournalFileSymlinkLock(path, grace_period=STALE_LOCK_S)
             super().__init__(path, lock_obj=self._lock_obj)
             self._path = path
+            if _ends_torn(path):  # under the lock: a writer's record may just be half on disk
+                self._lock_obj.acquire()
+                try:
+                    repair_torn_tail(path)
+                finally:
+                    self._lock_obj.release()
 
         def append_logs(self, logs: list[dict[str, Any]]) -> None:
             lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
@@ -93,6 +100,38 @@ def _define_page_cache_journal() -> type:
                 self._lock_obj.release()
 
     return PageCacheJournalBackend
+
+
+def _ends_torn(path: str) -> bool:
+    """Whether the journal's last byte is not the end of a record (one read, on every open)."""
+    with open(path, "rb") as journal:
+        if journal.seek(0, os.SEEK_END) == 0:
+            return False
+        journal.seek(-1, os.SEEK_END)
+        return journal.read(1) != b"\n"
+
+
+def repair_torn_tail(path: str) -> None:
+    """Cut the journal back to its last whole record, and say so; hold the journal lock.
+
+    Optuna skips a last line without its newline when it reads, but the next record is appended
+    after those bytes and glued onto them: that record is lost and every later read fails. An OS
+    crash before the disk write leaves such a tail (or NUL bytes), as can a write that was killed.
+    """
+    records = end = size = 0  # whole records, where the last one ends, bytes read
+    with open(path, "r+b") as journal:
+        for chunk in iter(lambda: journal.read(1 << 20), b""):
+            records += chunk.count(b"\n")
+            if (last := chunk.rfind(b"\n")) >= 0:
+                end = size + last + 1
+            size += len(chunk)
+        if end == size:  # whole after all: the record being written when we looked is complete now
+            return
+        journal.truncate(end)
+        os.fsync(journal.fileno())  # the repair itself should not be lost
+    cut = size - end
+    say(f"sweep: warning: {path}: its last record was cut off ({cut} byte{'s' * (cut != 1)}, as a crash"
+        f" before the disk write can leave it); read the {records} record{'s' * (records != 1)} before it.")
 
 
 def _with_retries(open_rdb: Callable[[], Any], attempts: int = 5) -> Any:

@@ -249,3 +249,35 @@ def test_a_worker_process_caps_its_openmp_threads_to_its_share():
             " print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))")
     capped = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == "[1]"
+
+
+def test_a_journal_cut_mid_record_by_an_os_crash_is_repaired_and_the_sweep_resumes(tmp_path, stores, capsys):
+    """An OS crash before the disk write loses the journal's tail, cutting a record in two."""
+    import sweep
+
+    config = small_space(tmp_path, study="crash", experiment="crash", n_trials=4)
+    command = [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
+               "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    journal = Path(stores["storage"])
+    lines = journal.read_bytes().splitlines(keepends=True)
+    # the record that completed the last trial: cut in its middle, everything after it lost
+    torn = max(i for i, line in enumerate(lines) if json.loads(line)["op_code"] == 6)
+    journal.write_bytes(b"".join(lines[:torn]) + lines[torn][:len(lines[torn]) // 2])
+
+    code = sweep.main(["best", "--study-name", "crash", "--storage", stores["storage"]])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert err == (f"sweep: warning: {journal}: its last record was cut off ({len(lines[torn]) // 2} bytes,"
+                   f" as a crash before the disk write can leave it); read the {torn} records before it.\n")
+    assert json.loads(out)["trial"] in range(3)  # the last trial's result was in the lost tail
+    assert journal.read_bytes() == b"".join(lines[:torn])
+
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "warning" not in resumed.stderr  # repaired once, for good
+    final = assert_nothing_lost(stores, n_trials=4)
+    assert [t.state.name for t in final].count("FAIL") == 1  # the trial whose end was lost, retried
+    for line in journal.read_bytes().splitlines(keepends=True):
+        assert line.endswith(b"\n") and isinstance(json.loads(line), dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -9,8 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -298,15 +301,57 @@ def test_ui_refuses_a_tracking_store_that_is_not_there(finished, stores, capsys,
     assert not missing.exists()
 
 
+def ui_command(stores: dict, port: int) -> list[str]:
+    return [sys.executable, str(Path(sweep.__file__)), "ui", "--study-name", "small", "--port", str(port),
+            "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
+
+
+def live_processes() -> dict[int, tuple[int, int]]:
+    """pid: (parent pid, process group) of every process not yet exited (zombies are not: an
+    orphan's stays until its reaper waits for it, and some container inits never do)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):  # not a process, or gone meanwhile
+            continue
+        if state != "Z":
+            found[int(entry.name)] = (int(ppid), int(group))
+    return found
+
+
+def child_groups(pid: int) -> set[int]:
+    """The process groups of a process's children (the UI server's, the watchdog's)."""
+    return {group for ppid, group in live_processes().values() if ppid == pid}
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def test_ui_serves_the_sweep_store_until_interrupted(finished, stores, tmp_path):
     """The default: `sweep ui` serves the store itself, prints the links, and stops on Ctrl-C."""
     port = free_port()
-    command = [sys.executable, str(Path(sweep.__file__)), "ui", "--study-name", "small", "--port", str(port),
-               "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=tmp_path)
+    process = subprocess.Popen(ui_command(stores, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=tmp_path)
     try:
         links = [process.stdout.readline().strip() for _ in range(3)]
+        groups = child_groups(process.pid)
         compared = query_lists(links[2])
         assert compared["runs"] == [t.user_attrs["mlflow_run_id"]
                                     for t in sorted(finished.trials, key=lambda t: -t.value)]
@@ -323,8 +368,32 @@ def test_ui_serves_the_sweep_store_until_interrupted(finished, stores, tmp_path)
         if process.poll() is None:
             process.kill()
     assert "stopping the MLflow UI." in err
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+    assert not answers(port)
+    assert groups and wait_until(lambda: not any(g in groups for _, g in live_processes().values()))
+
+
+def test_ui_killed_with_sigkill_takes_its_server_with_it(finished, stores, tmp_path):
+    """No `mlflow server` outlives `sweep ui` holding the port, however sweep ui ends."""
+    port = free_port()
+    with open(tmp_path / "ui.err", "w") as err:
+        process = subprocess.Popen(ui_command(stores, port), stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
+    groups: set[int] = set()
+    try:
+        assert wait_until(lambda: answers(port) or process.poll() is not None, timeout=180)
+        assert process.poll() is None, (tmp_path / "ui.err").read_text()
+        groups = child_groups(process.pid)
+        assert len(groups) == 2  # the server's, with uvicorn under it, and its watchdog's
+        process.kill()
+        process.wait()
+        assert wait_until(lambda: not answers(port)), "the server still answers"
+        assert wait_until(lambda: not any(g in groups for _, g in live_processes().values())), \
+            "a process of the server's group is left"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for group in groups:  # the test's own leftovers, should it fail
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- the live view
