@@ -76,7 +76,7 @@ def differences(old: SweepConfig, old_digest: str | None, new: SweepConfig, new_
                 for key, then, now in (("estimator", old.estimator, new.estimator), ("metric", old.metric, new.metric),
                                        ("cv", old.cv, new.cv), ("seed", old.seed, new.seed))
                 if then != now]
-    if old_digest != new_digest:
+    if old_digest != new_digest or _split(old) != _split(new):
         problems.append(f"data: differs from the data of {where} (its rows or columns); its trials scored"
                         " other data.")
     if problems:
@@ -146,6 +146,11 @@ def carry(study: Study, planned: Carry) -> int:
 
 def carried_count(study: Study) -> int:
     return sum(keys.FROM_TRIAL in t.user_attrs for t in study.get_trials(deepcopy=False))
+
+
+def _split(config: SweepConfig) -> dict[str, Any]:
+    """How the data was taken and split, but not where the file lay (the digest checks its content)."""
+    return {k: v for k, v in config.data.__dict__.items() if k != "path"}
 
 
 def _fixed_value(config: SweepConfig, name: str) -> Any:
