@@ -104,8 +104,8 @@ def test_a_param_moved_between_fixed_and_params_carries_what_it_ran_with(tmp_pat
 
 
 def test_nothing_fits_and_the_study_starts_from_scratch(tmp_path, stores, capsys, old):
-    new = OLD.replace("low: 1, high: 3", "low: 4, high: 5")  # no old trial had max_depth 4 or 5
-    code, err = continue_from_old(tmp_path, stores, capsys, new, 2)
+    new = OLD.replace("low: 1, high: 3", "low: 4, high: 5") + "from: old\n"  # no old trial had max_depth 4 or 5
+    code, _, err = run_cli(capsys, *sweep_args(space(tmp_path, "new", 2, new), stores))
     assert code == 0, err
     assert "study 'new': 2 trials ran now, 2 of 2 counted." in err
     assert not [t for t in load_study(stores, "new").trials if "sweep.from_trial" in t.user_attrs]
