@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import advice
 import carry
 import child_runs
 import dataset
@@ -179,8 +180,11 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
     before = f"{carried} trials carried over from {study.user_attrs[keys.FROM_STUDY]!r}, " if carried else ""
     say(f"study {config.study_name!r}: {before}{ran} {'' if carried else 'trials '}ran now,"
         f" {runner.count(study).counted} of {config.n_trials} counted.")
-    best = recorder.call("finalize", "FINISHED")
+    lines = advice.advise(config, study.get_trials(deepcopy=False), reports.maximizes(study))
+    best = recorder.call("finalize", "FINISHED", lines)
     say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
+    for line in lines:  # last, where they are seen: what to change before the next sweep
+        say(line)
     return Outcome(0, best)
 
 
@@ -338,13 +342,14 @@ def _open_parent(agent: Agent, known_run_id: str | None) -> str:
     return parent_run_id
 
 
-def _finalize_once(prepared: Prepared, refit: BestRefit, agent: Agent, status: str) -> dict:
+def _finalize_once(prepared: Prepared, refit: BestRefit, agent: Agent, status: str,
+                   advice_lines: list[str] | None = None) -> dict:
     """finalize, then end the parent run with `status` (FAILED if finalize failed)."""
     if not agent.parent_run_id:
         raise SweepFailed(_STORE_FAILED.format(cause=f"no parent run: {agent.error or 'not created'}"))
     tracker = Tracker(agent.uri)
     try:
-        best = finalize(agent.study(), prepared, tracker, agent.parent_run_id, refit.model)
+        best = finalize(agent.study(), prepared, tracker, agent.parent_run_id, refit.model, advice_lines)
     except SweepFailed:
         _finish_parent_if_possible(agent, "FAILED")
         raise
@@ -361,15 +366,18 @@ _STORE_FAILED = ("the tracking store failed while finishing the sweep ({cause});
 
 
 def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: str,
-             refitted: Callable[[int, dict], tuple[Any, float]]) -> dict:
-    """Repair the child runs MLflow missed, log the results on the parent run, and promote the
-    best model once per best trial (`refitted(trial number, params)`: its model and holdout score)."""
+             refitted: Callable[[int, dict], tuple[Any, float]], advice_lines: list[str] | None = None) -> dict:
+    """Repair the child runs MLflow missed, log the results (and the range advice, when given: not
+    for an interrupted run, whose best may still move) on the parent run, and promote the best model
+    once per best trial (`refitted(trial number, params)`: its model and holdout score)."""
     config, data = prepared.config, prepared.dataset
     best = studies.best_export(study)
     repaired = child_runs.sync(tracker.client, study, config, parent_run_id)
     if repaired:
         say(f"repaired {repaired} child runs that were left running or that MLflow had missed.")
     tracker.log_results(parent_run_id, config.metric, best, study.trials_dataframe())
+    if advice_lines is not None:
+        tracker.log_advice(parent_run_id, advice_lines)
     reports.log_plots(tracker.client, parent_run_id, study)
     if study.user_attrs.get(keys.PROMOTED_TRIAL) == best["trial"]:
         say(f"best trial {best['trial']} was promoted already; nothing new to promote.")
@@ -436,5 +444,7 @@ def sync(study: Study, tracking_uri: str) -> None:
     changed = child_runs.sync(tracker.client, study, config, parent_run_id)
     if studies.best_value(study) is not None:
         tracker.log_results(parent_run_id, config.metric, studies.best_export(study), study.trials_dataframe())
+        tracker.log_advice(parent_run_id, advice.advise(config, study.get_trials(deepcopy=False),
+                                                        reports.maximizes(study)))
     say(f"sync: {changed} child runs of study {study.study_name!r} updated"
         f" ({len(study.trials)} trials in the storage).")

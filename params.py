@@ -223,6 +223,11 @@ def check_estimator_params(estimator: str, fixed: dict, params: list[Param]) -> 
     return problems
 
 
+def accepts(estimator: str, name: str, value: Any) -> bool:
+    """Whether the estimator takes this value of one of its params (scikit-learn's own check)."""
+    return not _rejected(estimator_class(estimator), {name: [value]})
+
+
 def _rejected(cls: type, candidates: dict[str, list]) -> list[tuple[str, str]]:
     """(name, scikit-learn's own message) for each candidate value the estimator refuses."""
     rejected = []

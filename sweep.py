@@ -112,7 +112,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    best = studies.best_export(studies.load_study(_storage(args), _study_name(args)))
+    study = studies.load_study(_storage(args), _study_name(args))
+    best = studies.best_export(study)
     if args.format == "yaml":
         import yaml
 
@@ -120,6 +121,12 @@ def cmd_best(args: argparse.Namespace) -> int:
     else:
         text = _as_json(best)
     _emit(text, args.output)
+    if args.advice:
+        import advice
+
+        config = studies.study_config(study)
+        for line in advice.advise(config, study.get_trials(deepcopy=False), reports.maximizes(study)):
+            say(line)
     return 0
 
 
@@ -196,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
                    "sweep best --study-name exp7 --format yaml > best_params.yaml", [common, stores])
     best.add_argument("--format", choices=("json", "yaml"), default="json")
     best.add_argument("--output", help="write to this file instead of stdout")
+    best.add_argument("--advice", action="store_true",
+                      help="also say, on stderr, which param ranges to widen (README \"Range advice\")")
     worker = command(commands, "worker", "join a sweep's study from anywhere and run its trials",
                      "sweep worker --storage postgresql://sweeper@db/sweeps --tracking-uri http://mlflow:5000"
                      " --study-name big", [common, stores, tracking])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import advice
 import keys
 from errors import ConfigError, first_line, mask_uri, public_url
 
@@ -192,6 +193,10 @@ class Tracker:
         history = [Metric(key, value, now, step) for step, value in _best_so_far(trials) if step not in logged]
         for start in range(0, len(history), 1000):  # MLflow takes at most 1000 metrics a batch
             self.client.log_batch(parent_run_id, metrics=history[start:start + 1000])
+
+    def log_advice(self, parent_run_id: str, lines: list[str]) -> None:
+        """The range advice as `advice.txt`; a file saying there is none replaces an earlier run's."""
+        self.client.log_text(parent_run_id, advice.as_text(lines), advice.ARTIFACT)
 
     def finish_parent(self, parent_run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(parent_run_id, status=status)

@@ -110,6 +110,10 @@ def test_parent_run_holds_the_best_params_and_the_sweep_artifacts(shared, tmp_pa
     assert best == {"study": "small", "trial": study.best_trial.number, "value": study.best_value,
                     "params": {"n_estimators": 8, "random_state": 0, **study.best_params}}
     assert json.loads(shared["out"]) == best
+    # 4 trials are too few for range advice: none said, and the artifact says there is none
+    assert "advice:" not in shared["err"]
+    path = client.download_artifacts(parent.info.run_id, "advice.txt", str(tmp_path))
+    assert open(path).read().startswith("no advice: ")
     assert parent.data.metrics["best_roc_auc"] == pytest.approx(study.best_value)
     assert "holdout_roc_auc" in parent.data.metrics
 
