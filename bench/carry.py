@@ -3,8 +3,10 @@
 Per seed (the config's `seed:` key), in a temp folder of its own (a journal file, sqlite tracking):
   old    the shipped search_space.yaml as it is, 20 trials;
   then learning_rate's high is widened from 0.5 to 1.0 (log scale from 0.01): the old studies' best
-  trials crowd the top of its range (their learning_rate is printed, so each run shows whether that
-  still holds), while their max_depth sits at 2-4, not at 6; 1.0 is a rate GradientBoosting takes.
+  trials lie in the upper half of its log range (their learning_rate is printed, so each run shows
+  whether that still holds), while their max_depth sits at 2-4, not at its high 6; 1.0 is a rate
+  GradientBoosting takes. The best trial's learning_rate, and how many new trials drew one above 0.5,
+  say whether the widened part is where the gain came from.
   On the widened space:
   cont   `sweep run --from old`: the old trials (all fit: the widened range holds the old one), then up
          to --cap new trials;
@@ -46,6 +48,8 @@ class Study:
     carried: list[float]
     new: list[float | None]  # None: a trial that did not complete (it still cost a trial)
     wall_s: float
+    best_rate: float  # the best trial's learning_rate: inside the old range, or in the widened part?
+    above: int  # new trials that drew a learning_rate above the old high
 
     @property
     def best(self) -> float:
@@ -102,13 +106,16 @@ def trials(folder: Path, study: str) -> list[Any]:
 def load(folder: Path, study: str, wall_s: float) -> Study:
     import keys
 
-    carried, new = [], []
-    for trial in trials(folder, study):
+    carried, new, above = [], [], 0
+    done = trials(folder, study)
+    for trial in done:
         if keys.FROM_TRIAL in trial.user_attrs:
             carried.append(trial.value)
         else:
             new.append(trial.value if trial.state.name == "COMPLETE" else None)
-    return Study(carried, new, wall_s)
+            above += trial.params[WIDENED] > OLD_HIGH
+    best = max((t for t in done if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    return Study(carried, new, wall_s, best.params[WIDENED], above)
 
 
 def run_seed(root: Path, seed: int, cap: int) -> Seed:
@@ -147,6 +154,10 @@ def shown(count: int | None) -> str:
     return "never" if count is None else str(count)
 
 
+def columns(study: Study) -> str:
+    return f"{study.best:7.5f} {study.best_rate:6.2f} {study.above:6d} {len(study.new):3d}"
+
+
 def median(counts: list[int | None], cap: int) -> float:
     return statistics.median(cap + 1 if c is None else c for c in counts)
 
@@ -158,17 +169,21 @@ def say(text: str) -> None:
 def print_report(results: list[Seed], cap: int, took_s: float) -> None:
     print(f"\n--from: the shipped space (GradientBoostingClassifier on breast_cancer, cv 3), {OLD_TRIALS} trials"
           f" (old); then {WIDENED}'s high widened {OLD_HIGH} -> {NEW_HIGH}: cont = --from old + up to {cap} new trials,"
-          f" fresh = up to {OLD_TRIALS + cap} trials; counts are new trials, 'never' = not within the cap")
-    print(f"{'seed':>4} {'old best':>8}  {'old top-' + str(TOP) + ' ' + WIDENED:26} {'carried':>7}"
-          f" {'cont reach':>10} {'cont beat':>9} {'cont best':>9}  {'fresh reach':>11} {'fresh beat':>10}"
-          f" {'fresh best':>10}  {'wall s old/cont/fresh':>21}")
+          f" fresh = up to {OLD_TRIALS + cap} trials; reach, beat: new trials until the best is >= or > the old best,"
+          f" never = not within the cap; its lr: the best trial's {WIDENED}; lr>{OLD_HIGH}: new trials in the"
+          " widened part, of all new trials")
+    print(f"{'':41} {' cont (--from old) ':-^45}  {' fresh ':-^37}")
+    print(f"{'seed':>4} {'old best':>8}  {'old top-' + str(TOP) + ' ' + WIDENED:26}"
+          f" {'carried':>7} {'reach':>5} {'beat':>5} {'best':>7} {'its lr':>6} {'lr>' + str(OLD_HIGH):>6} {'of':>3}"
+          f"  {'reach':>5} {'beat':>5} {'best':>7} {'its lr':>6} {'lr>' + str(OLD_HIGH):>6} {'of':>3}"
+          f"  {'wall s old/cont/fresh':>21}")
     for r in results:
         counts = [trials_to(s, r.old_best, beat) for s in (r.cont, r.fresh) for beat in (False, True)]
         top = " ".join(f"{v:.2f}" for v in r.top)
         walls = f"{r.old_wall_s:.1f}/{r.cont.wall_s:.1f}/{r.fresh.wall_s:.1f}"
         print(f"{r.seed:>4} {r.old_best:8.5f}  {top:26} {len(r.cont.carried):7d}"
-              f" {shown(counts[0]):>10} {shown(counts[1]):>9} {r.cont.best:9.5f}  {shown(counts[2]):>11}"
-              f" {shown(counts[3]):>10} {r.fresh.best:10.5f}  {walls:>21}")
+              f" {shown(counts[0]):>5} {shown(counts[1]):>5} {columns(r.cont)}"
+              f"  {shown(counts[2]):>5} {shown(counts[3]):>5} {columns(r.fresh)}  {walls:>21}")
     print_targets(results, cap)
     print(f"\nbench/carry.py: {took_s:.0f} s in all")
 
