@@ -113,7 +113,7 @@ def load(folder: Path, study: str, wall_s: float) -> Study:
             carried.append(trial.value)
         else:
             new.append(trial.value if trial.state.name == "COMPLETE" else None)
-            above += trial.params[WIDENED] > OLD_HIGH
+            above += trial.params.get(WIDENED, 0.0) > OLD_HIGH
     best = max((t for t in done if t.state.name == "COMPLETE"), key=lambda t: t.value)
     return Study(carried, new, wall_s, best.params[WIDENED], above)
 
