@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/scaling.py   # workers on PostgreSQL vs the journal file (needs the local PostgreSQL)
-	$(BIN)/python bench/carry.py     # run --from: new trials to beat the old best, continued vs fresh (~10 min)
+	$(BIN)/python bench/from_study.py     # run --from: new trials to beat the old best, continued vs fresh (~10 min)

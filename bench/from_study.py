@@ -16,7 +16,7 @@ until it beat it (>): for cont, "reach" is 0 by construction (the old best is on
 so "beat" is the figure that says whether the carried trials help TPE; "never" within the cap counts as
 cap + 1 in the medians. Every run is `sweep run -q` in a child process, one at a time (2 cores).
 
-Usage: .venv/bin/python bench/carry.py [--seeds 1,2,3,4,5] [--cap 25]
+Usage: .venv/bin/python bench/from_study.py [--seeds 1,2,3,4,5] [--cap 25]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(1, str(ROOT))  # after bench/: studies and keys; this file shadows the root's carry.py, unused here
+sys.path.insert(1, str(ROOT))  # after bench/: studies and keys
 OLD_TRIALS = 20
 WIDENED, LOW, OLD_HIGH, NEW_HIGH = "learning_rate", 0.01, 0.5, 1.0
 TOP = 5  # the old study's best trials whose learning_rate is shown
@@ -71,7 +71,7 @@ def write_space(folder: Path, seed: int, widened: bool) -> Path:
     space = yaml.safe_load((ROOT / "search_space.yaml").read_text())
     param = space["params"][WIDENED]
     if (param["low"], param["high"]) != (LOW, OLD_HIGH):
-        raise SystemExit(f"bench/carry.py: the shipped {WIDENED} is {param['low']}-{param['high']}, not"
+        raise SystemExit(f"bench/from_study.py: the shipped {WIDENED} is {param['low']}-{param['high']}, not"
                          f" {LOW}-{OLD_HIGH}: say again which range to widen and why")
     space["seed"] = seed
     if widened:
@@ -90,7 +90,8 @@ def sweep_run(folder: Path, space: Path, study: str, n_trials: int, *extra: str)
          "--study-name", study, "--n-trials", str(n_trials), *extra],
         cwd=folder, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"bench/carry.py: `sweep run` of study {study!r} exited {done.returncode}:\n{done.stderr}")
+        raise SystemExit(f"bench/from_study.py: `sweep run` of study {study!r} exited {done.returncode}:\n"
+                         f"{done.stderr}")
     return time.perf_counter() - started
 
 
@@ -130,7 +131,7 @@ def run_seed(root: Path, seed: int, cap: int) -> Seed:
     say(f"seed {seed}: cont, --from old ({fitting} to carry) + up to {cap} new trials ...")
     cont = load(folder, "cont", sweep_run(folder, widened, "cont", fitting + cap, "--from", "old"))
     if len(cont.carried) != fitting:
-        raise SystemExit(f"bench/carry.py: seed {seed}: {len(cont.carried)} trials carried, not the {fitting}"
+        raise SystemExit(f"bench/from_study.py: seed {seed}: {len(cont.carried)} trials carried, not the {fitting}"
                          f" finished ones: the widened {WIDENED} should hold them all")
     say(f"seed {seed}: fresh, up to {OLD_TRIALS + cap} trials of the widened space ...")
     fresh = load(folder, "fresh", sweep_run(folder, widened, "fresh", OLD_TRIALS + cap))
@@ -185,7 +186,7 @@ def print_report(results: list[Seed], cap: int, took_s: float) -> None:
               f" {shown(counts[0]):>5} {shown(counts[1]):>5} {columns(r.cont)}"
               f"  {shown(counts[2]):>5} {shown(counts[3]):>5} {columns(r.fresh)}  {walls:>21}")
     print_targets(results, cap)
-    print(f"\nbench/carry.py: {took_s:.0f} s in all")
+    print(f"\nbench/from_study.py: {took_s:.0f} s in all")
 
 
 def print_targets(results: list[Seed], cap: int) -> None:
@@ -202,7 +203,7 @@ def print_targets(results: list[Seed], cap: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="carry.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="from_study.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="1,2,3,4,5", help="the config's seed: per repetition (1,2,3,4,5)")
     parser.add_argument("--cap", type=int, default=CAP, help=f"new trials of the continued study at most ({CAP})")
     args = parser.parse_args()
