@@ -49,6 +49,11 @@ def precheck(uri: str, experiment: str) -> bool:
     return True
 
 
+def local_path(uri: str) -> str:
+    """The database file of a `sqlite:` tracking URI ('' for any other store)."""
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+
+
 def _server_answers(uri: str, experiment: str) -> bool:
     """One quick request to the REST API (MLflow's own client would retry an absent server for
     minutes); False when the answer is not a clear yes or no (TLS set-ups: MLflow's client decides)."""
@@ -177,6 +182,17 @@ class Tracker:
             return self.client.get_run(run_id).info.lifecycle_stage == "active"
         except MlflowException:
             return False
+
+    def artifact_folder(self, run_id: str) -> str:
+        """The folder of the run's artifacts, when it is on this machine ('' when not, or unknown)."""
+        import urllib.parse
+
+        try:
+            uri = self.client.get_run(run_id).info.artifact_uri or ""
+        except Exception:  # noqa: BLE001 (only a message wants it; the store may be failing)
+            return ""
+        parts = urllib.parse.urlsplit(uri)
+        return urllib.parse.unquote(parts.path) if parts.scheme in ("", "file") else ""
 
     def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any) -> None:
         """Best params (YAML and JSON), the trials table and the best-so-far curve on the parent."""
