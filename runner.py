@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import keys
 import studies
-from errors import disk_full
+from errors import DiskFull, disk_full
 from objective import Fold, TrialFailed, build_estimator, evaluate, scorer_for, size_param
 from search_space import SweepConfig, suggest
 
@@ -77,7 +77,7 @@ class TrialRunner:
         try:
             result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
                               _reporter(trial) if self.pruning else None, self.size)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, DiskFull):  # a full disk is the storage's failure, not the trial's
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"

@@ -219,8 +219,9 @@ class Tracker:
         champion = self._champion(name)
         tags = {keys.STUDY_NAME: config.study_name, keys.TRIAL_NUMBER: str(trial_number),
                 keys.METRIC: config.metric, keys.HOLDOUT_SCORE: repr(holdout_score)}
-        version = self._log_and_register(config, parent_run_id, model, X_example, tags)
-        beats = champion is None or (
+        version = self._registered(config, parent_run_id, trial_number) \
+            or self._log_and_register(config, parent_run_id, model, X_example, tags)
+        beats = champion is None or str(champion.version) == version or (
             champion.tags.get(keys.METRIC) == config.metric
             and holdout_score > float(champion.tags.get(keys.HOLDOUT_SCORE, "-inf"))
         )
@@ -228,6 +229,13 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version)
         self.client.log_metric(parent_run_id, f"holdout_{config.metric}", holdout_score)
         return Promotion(version, alias)
+
+    def _registered(self, config: SweepConfig, parent_run_id: str, trial_number: int) -> str | None:
+        """The version this study's parent run registered for this trial already, when the study
+        could not note it (a full disk or a kill right after): promoted once, not twice."""
+        found = [v for v in self.client.search_model_versions(f"run_id = '{parent_run_id}'")  # a hex id: no quoting
+                 if v.name == config.model_name and v.tags.get(keys.TRIAL_NUMBER) == str(trial_number)]
+        return str(found[0].version) if found else None
 
     def _champion(self, name: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException

@@ -21,10 +21,12 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+import lifecycle
 import runner
 import studies
-from conftest import ROOT
+from conftest import ROOT, small_space
 from errors import DiskFull
+from tracking import Tracker
 
 SPACE = """\
 experiment: disk
@@ -232,3 +234,17 @@ def test_a_trial_its_worker_never_stamped_is_failed_after_the_grace_and_retried(
     assert study.trials[trial.number].state.name == "FAIL"
     retry = study.ask(space)  # the next trial tries its params again
     assert retry.params == trial.params and retry.user_attrs["sweep.retry_of"] == trial.number
+
+
+def test_a_promotion_the_study_could_not_note_is_not_registered_twice(tmp_path, stores):
+    """The journal filled (or the sweep was killed) between registering the best model and noting it
+    on the study: the next run promotes the same trial again, and finds its version."""
+    prepared = lifecycle.prepare(small_space(tmp_path))
+    model, holdout = lifecycle.refit_scored(prepared, {"learning_rate": 0.1, "max_depth": 2, "max_features": None})
+    tracker = Tracker(stores["tracking_uri"])
+    parent = tracker.parent_run(prepared.config, None)
+    example = prepared.dataset.X_train.head(5)
+    first = tracker.promote(prepared.config, parent, model, example, holdout, trial_number=3)
+    again = tracker.promote(prepared.config, parent, model, example, holdout, trial_number=3)
+    assert (again.version, again.alias) == (first.version, "champion")
+    assert len(tracker.client.search_model_versions(f"name = '{prepared.config.model_name}'")) == 1
