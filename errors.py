@@ -1,5 +1,6 @@
-"""What a sweep tells its user when something is wrong: the two failures, the guard that turns
-them into exit codes, and the helpers that keep a message to one line and a URI free of secrets.
+"""What a sweep tells its user when something is wrong: the two failures (and a full disk, one
+kind of the second), the guard that turns them into exit codes, and the helpers that keep a
+message to one line and a URI free of secrets.
 
 The bottom floor: it imports nothing of the project.
 """
