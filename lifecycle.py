@@ -355,9 +355,9 @@ def _finalize_once(prepared: Prepared, refit: BestRefit, agent: Agent, status: s
         raise
     except Exception as error:  # MLflow's and the network's many types: the store failed us
         _finish_parent_if_possible(agent, "FAILED")
-        full = disk_full(error, tracker.artifact_folder(agent.parent_run_id), tracking.local_path(agent.uri))
-        if full is not None:
-            raise full from None
+        full = disk_full(error, database=tracking.local_path(agent.uri))
+        if full is not None:  # a write that names no file: MLflow copying an artifact
+            raise (full if full.path else DiskFull(tracker.artifact_folder(agent.parent_run_id))) from None
         raise SweepFailed(_STORE_FAILED.format(cause=f"{type(error).__name__}: {first_line(error)}")) from error
     tracker.finish_parent(agent.parent_run_id, status)
     return best
