@@ -1,11 +1,14 @@
-"""What a sweep tells its user when something is wrong: the two failures, the guard that turns
-them into exit codes, and the helpers that keep a message to one line and a URI free of secrets.
+"""What a sweep tells its user when something is wrong: the two failures (and a full disk, one
+kind of the second), the guard that turns them into exit codes, and the helpers that keep a
+message to one line and a URI free of secrets.
 
 The bottom floor: it imports nothing of the project.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -21,6 +24,42 @@ class ConfigError(Exception):
 
 class SweepFailed(Exception):
     """The sweep ran but could not finish its job (exit code 1)."""
+
+
+class DiskFull(SweepFailed):
+    """A store could not be written: its device is full (exit code 1; the same command resumes)."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+        where = "a device the sweep writes to"
+        if path:
+            absolute = os.path.abspath(path)
+            where = f"the device holding {os.path.basename(absolute)} ({os.path.dirname(absolute)})"
+        super().__init__(f"no space left on {where}; free some space and run the same command again"
+                         " to resume.")
+
+
+def disk_full(error: BaseException, path: str = "", database: str | None = None) -> DiskFull | None:
+    """The error as a DiskFull when it, or an error it was raised from or while handling, says the
+    disk is full. `path`: the file or folder written, when the OSError does not name one (MLflow
+    copies artifacts through unnamed files); `database`: the SQLite file, when SQLite is full
+    (default `path`).
+
+    The chain is searched because the libraries wrap it: Optuna raises an AssertionError while
+    handling a failed journal write, MLflow an MlflowException from SQLAlchemy's from sqlite3's.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, DiskFull):
+            return cause
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(str(cause.filename2 or cause.filename or path))  # a copy's target is filename2
+        if "database or disk is full" in str(cause):  # SQLITE_FULL, as sqlite3 words it
+            return DiskFull(path if database is None else database)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def say(message: str) -> None:
@@ -54,6 +93,10 @@ def guard(command: Callable[[], int], debug: bool) -> int:
     except Exception as error:  # the last net: one line, the traceback only when asked
         if debug:
             raise
+        full = disk_full(error)
+        if full is not None:  # wherever it surfaced, wrapped in whatever the library raised
+            say(f"sweep: {full}")
+            return 1
         say(f"sweep: unexpected {type(error).__name__}: {error} (run with --debug for the traceback)")
         return 1
 

@@ -27,7 +27,7 @@ import runner
 import search_space
 import studies
 import tracking
-from errors import ConfigError, SweepFailed, first_line, guard, say
+from errors import ConfigError, DiskFull, SweepFailed, disk_full, first_line, guard, say
 from objective import build_model, check_metric, prepare_folds, scorer_for
 from recorder import Agent, Job, TrialRecorder
 from search_space import SweepConfig
@@ -176,6 +176,11 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
         _report_unlogged(_close_runs(recorder, study))
         recorder.call("finish_parent", "FAILED")
         raise SweepFailed(str(error)) from None
+    except DiskFull:  # the trial it hit stays running (or failed) in the storage: the resume retries it
+        runner.stop_workers(workers, signal.SIGTERM)
+        _close_runs(recorder, study)
+        recorder.call("finish_parent", "FAILED")  # where MLflow's store has room left
+        raise
     _close_runs(recorder, study)  # what it missed, finalize repairs
     before = f"{carried} trials carried over from {study.user_attrs[keys.FROM_STUDY]!r}, " if carried else ""
     say(f"study {config.study_name!r}: {before}{ran} {'' if carried else 'trials '}ran now,"
@@ -224,8 +229,8 @@ def _forked_worker(options: Options, prepared: Prepared, recorder: TrialRecorder
                 run_trials(study, prepared, recorder, options, wait_for_workers=False)
             except Interrupted as interrupt:
                 return interrupt.exit_code
-            except runner.BudgetExceeded:
-                return 1  # `sweep run` counts the failures too, and says so
+            except (runner.BudgetExceeded, DiskFull):
+                return 1  # `sweep run` counts the failures and meets the full disk too, and says so
             finally:
                 recorder.close_unfinished(study)
         return 0
@@ -355,6 +360,9 @@ def _finalize_once(prepared: Prepared, refit: BestRefit, agent: Agent, status: s
         raise
     except Exception as error:  # MLflow's and the network's many types: the store failed us
         _finish_parent_if_possible(agent, "FAILED")
+        full = disk_full(error, database=tracking.local_path(agent.uri))
+        if full is not None:  # a write that names no file: MLflow copying an artifact
+            raise (full if full.path else DiskFull(tracker.artifact_folder(agent.parent_run_id))) from None
         raise SweepFailed(_STORE_FAILED.format(cause=f"{type(error).__name__}: {first_line(error)}")) from error
     tracker.finish_parent(agent.parent_run_id, status)
     return best

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 import child_runs
 import keys
 import studies
-from errors import ConfigError, first_line, mask_uri, public_url, say
+from errors import ConfigError, disk_full, first_line, mask_uri, public_url, say
 
 if TYPE_CHECKING:
     import subprocess
@@ -412,6 +412,8 @@ def log_plots(client: MlflowClient, parent_run_id: str, study: Study) -> list[st
                                   save_kwargs={"dpi": 110, "bbox_inches": "tight"})
             logged.append(path)
         except Exception as error:  # noqa: BLE001 (a plot is a nicety: say why, go on with the sweep)
+            if disk_full(error) is not None:  # nor will the model be: the sweep stops with one line
+                raise
             say(f"sweep: plot {name} not logged: {first_line(error, 200)}")
         finally:
             plt.close("all")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import keys
 import studies
+from errors import DiskFull, disk_full
 from objective import Fold, TrialFailed, build_estimator, evaluate, scorer_for, size_param
 from search_space import SweepConfig, suggest
 
@@ -76,7 +77,7 @@ class TrialRunner:
         try:
             result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
                               _reporter(trial) if self.pruning else None, self.size)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, DiskFull):  # a full disk is the storage's failure, not the trial's
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
@@ -254,7 +255,13 @@ def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Pro
 
     now = tally.counter.count(study)
     if now.counted + now.running < tally.total:
-        study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
+        try:
+            study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
+        except Exception as error:  # Optuna raises its own AssertionError when a failed trial cannot be told
+            full = disk_full(error)
+            if full is None:
+                raise
+            raise full from None
     tally.check()
 
 
@@ -298,6 +305,14 @@ def _is_dead(worker: str) -> bool:
     return _process_start(int(pid)) != start
 
 
+def _never_stamped(trial: FrozenTrial) -> bool:
+    """A trial whose worker stopped before it wrote its stamp (its first write, ms after the trial
+    was created: a full disk or a kill in between), left running for longer than the grace."""
+    started = trial.datetime_start
+    return keys.WORKER not in trial.user_attrs and started is not None \
+        and time.time() - started.timestamp() > studies.GRACE_S
+
+
 def fail_stale_trials(study: Study) -> None:
     """Fail the trials whose worker died, and enqueue their params again.
 
@@ -309,7 +324,7 @@ def fail_stale_trials(study: Study) -> None:
 
     optuna.storages.fail_stale_trials(study)
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if _is_dead(t.user_attrs.get(keys.WORKER, ""))]
+             if _is_dead(t.user_attrs.get(keys.WORKER, "")) or _never_stamped(t)]
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={keys.RETRY_OF: trial.number})

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keys
-from errors import ConfigError, SweepFailed, first_line, mask_uri, say
+from errors import ConfigError, SweepFailed, disk_full, first_line, mask_uri, say
 from search_space import SweepConfig
 
 if TYPE_CHECKING:
@@ -94,8 +94,7 @@ def _define_page_cache_journal() -> type:
             lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
             self._lock_obj.acquire()
             try:
-                with open(self._path, "ab") as journal:
-                    journal.write(lines)
+                append_whole(self._path, lines)
             finally:
                 self._lock_obj.release()
 
@@ -157,6 +156,28 @@ def _with_driver(url: str) -> str:
             and importlib.util.find_spec("psycopg2") is not None:
         return urllib.parse.urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
     return url
+
+
+def append_whole(path: str, data: bytes) -> None:
+    """Append all of `data` to the journal, or nothing: a write the disk could not take is cut
+    off again (hold the journal lock). A full disk is a DiskFull naming the journal.
+
+    Optuna skips a cut-off last record when it reads, but glues the next one onto it after space
+    is freed, and every later read fails. Unbuffered, so no retry of the buffer at close can
+    write the bytes again after the cut.
+    """
+    with open(path, "ab", buffering=0) as journal:
+        end = journal.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:  # a write may take part of it, the next one then fails
+                view = view[journal.write(view) or 0:]
+        except OSError as error:
+            os.ftruncate(journal.fileno(), end)  # shrinking needs no space
+            full = disk_full(error, path)
+            if full is None:
+                raise
+            raise full from error
 
 
 def make_sampler(config: SweepConfig) -> BaseSampler:

@@ -285,6 +285,9 @@ def _quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
     for name in ("alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # It logs every failed statement (a locked or full database) with its traceback before raising
+    # it; the recorder retries the write, and what stays failed is said in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     import optuna  # its logger is configured on first use, so set it through its own switch
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -50,6 +50,11 @@ def precheck(uri: str, experiment: str) -> bool:
     return True
 
 
+def local_path(uri: str) -> str:
+    """The database file of a `sqlite:` tracking URI ('' for any other store)."""
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+
+
 def _server_answers(uri: str, experiment: str) -> bool:
     """One quick request to the REST API (MLflow's own client would retry an absent server for
     minutes); False when the answer is not a clear yes or no (TLS set-ups: MLflow's client decides)."""
@@ -179,6 +184,17 @@ class Tracker:
         except MlflowException:
             return False
 
+    def artifact_folder(self, run_id: str) -> str:
+        """The folder of the run's artifacts, when it is on this machine ('' when not, or unknown)."""
+        import urllib.parse
+
+        try:
+            uri = self.client.get_run(run_id).info.artifact_uri or ""
+        except Exception:  # noqa: BLE001 (only a message wants it; the store may be failing)
+            return ""
+        parts = urllib.parse.urlsplit(uri)
+        return urllib.parse.unquote(parts.path) if parts.scheme in ("", "file") else ""
+
     def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any) -> None:
         """Best params (YAML and JSON), the trials table and the best-so-far curve on the parent."""
         import yaml
@@ -208,8 +224,9 @@ class Tracker:
         champion = self._champion(name)
         tags = {keys.STUDY_NAME: config.study_name, keys.TRIAL_NUMBER: str(trial_number),
                 keys.METRIC: config.metric, keys.HOLDOUT_SCORE: repr(holdout_score)}
-        version = self._log_and_register(config, parent_run_id, model, X_example, tags)
-        beats = champion is None or (
+        version = self._registered(config, parent_run_id, trial_number) \
+            or self._log_and_register(config, parent_run_id, model, X_example, tags)
+        beats = champion is None or str(champion.version) == version or (
             champion.tags.get(keys.METRIC) == config.metric
             and holdout_score > float(champion.tags.get(keys.HOLDOUT_SCORE, "-inf"))
         )
@@ -217,6 +234,13 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version)
         self.client.log_metric(parent_run_id, f"holdout_{config.metric}", holdout_score)
         return Promotion(version, alias)
+
+    def _registered(self, config: SweepConfig, parent_run_id: str, trial_number: int) -> str | None:
+        """The version this study's parent run registered for this trial already, when the study
+        could not note it (a full disk or a kill right after): promoted once, not twice."""
+        found = [v for v in self.client.search_model_versions(f"run_id = '{parent_run_id}'")  # a hex id: no quoting
+                 if v.name == config.model_name and v.tags.get(keys.TRIAL_NUMBER) == str(trial_number)]
+        return str(found[0].version) if found else None
 
     def _champion(self, name: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException
