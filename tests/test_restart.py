@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -29,7 +30,7 @@ def restartable_postgres() -> list[str]:
     if os.geteuid() != 0:
         pytest.skip("restarting the local PostgreSQL cluster needs root")
     version = sorted(p.name for p in PG_CONF.iterdir())[-1]
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
 
 
 def accepts_connections() -> bool:
@@ -42,9 +43,9 @@ def accepts_connections() -> bool:
     return True
 
 
-def restart_postgres(command: list[str]) -> float:
+def restart_postgres(cluster: list[str], while_down: Callable[[], None] | None = None) -> float:
     """Restart the cluster (shared with other tests: keep it short) and wait until it answers;
-    return the seconds it did not."""
+    return the seconds it did not. `while_down`: stop, call it, then start."""
     import psycopg2
 
     # A checkpoint first, so that the shutdown's own has little left to write (it took 3 s here).
@@ -54,7 +55,14 @@ def restart_postgres(command: list[str]) -> float:
     admin.close()
     started = time.monotonic()
     try:
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        if while_down is None:
+            subprocess.run([*cluster, "restart"], check=True, capture_output=True, timeout=120)
+        else:
+            subprocess.run([*cluster, "stop"], check=True, capture_output=True, timeout=120)
+            try:
+                while_down()
+            finally:
+                subprocess.run([*cluster, "start"], check=True, capture_output=True, timeout=120)
     finally:
         deadline = time.monotonic() + 120
         while not accepts_connections() and time.monotonic() < deadline:
@@ -103,7 +111,8 @@ def test_postgres_restart_under_a_run_and_two_workers(tmp_path, restartable_post
     """With the default patience the sweep waits the restart out; with less patience than the
     restart takes, a process that needed the database stops with one line, and the same commands
     run again finish the sweep. Either way nothing is lost or duplicated."""
-    small_space(tmp_path, study="space", text=SPACE.format(experiment="pgrestart", n_trials=12, trees=80))
+    experiment = f"pgrestart-{outage_s}"  # one per case: the server is the session's
+    small_space(tmp_path, study="space", text=SPACE.format(experiment=experiment, n_trials=12, trees=80))
     storage = f"postgresql://postgres@127.0.0.1:5432/{pg_database}"
     # A grace longer than the restart: a live trial's heartbeat may be silent for all of it.
     env = {"SWEEP_OUTAGE_S": outage_s, "SWEEP_GRACE_S": "20"}
@@ -112,7 +121,11 @@ def test_postgres_restart_under_a_run_and_two_workers(tmp_path, restartable_post
     # Mid-sweep: trials done, and trials of several processes fitting (their heartbeats going).
     wait_until(lambda: completed(storage) >= 2 and len(running_with_params(storage)) >= 2,
                "two trials fitting after two completed", processes)
-    downtime = restart_postgres(restartable_postgres)
+    if outage_s == "30":
+        downtime = restart_postgres(restartable_postgres)
+    else:  # down until a process needed it (a trial fitting through a short restart does not notice)
+        downtime = restart_postgres(restartable_postgres, lambda: wait_until(
+            lambda: any(p.poll() is not None for p in processes), "a process stopped", [], timeout=60))
     errors = finish(processes, storage)
     codes = [p.returncode for p in processes]
     print(f"PostgreSQL restart took {downtime:.1f} s; exit codes {codes}")
@@ -130,8 +143,8 @@ def test_postgres_restart_under_a_run_and_two_workers(tmp_path, restartable_post
                  for command, code in zip(commands, codes, strict=True) if code]
         rerun = finish(again, storage)
         assert [p.returncode for p in again] == [0] * len(again), rerun
-    check_study_and_runs(storage, mlflow_server, "pgrestart", 12)
-    assert_champion(mlflow_server, "pgrestart")
+    check_study_and_runs(storage, mlflow_server, experiment, 12)
+    assert_champion(mlflow_server, experiment)
 
 
 def finish(processes: list[subprocess.Popen], storage: str, timeout: float = 400) -> list[str]:
