@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import keys
+import rdb
 import studies
 from objective import Fold, TrialFailed, build_estimator, evaluate, scorer_for, size_param
 from search_space import SweepConfig, suggest
@@ -76,7 +77,7 @@ class TrialRunner:
         try:
             result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
                               _reporter(trial) if self.pruning else None, self.size)
-        except (optuna.TrialPruned, studies.StorageLost):
+        except (optuna.TrialPruned, rdb.StorageLost):
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
@@ -257,7 +258,7 @@ def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Pro
         try:
             study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
         except Exception as error:
-            lost = studies.storage_lost(error)  # Optuna may raise another error while handling it
+            lost = rdb.storage_lost(error)  # Optuna may raise another error while handling it
             if lost is None:
                 raise
             raise lost from None

@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 import child_runs
 import keys
+import rdb
 import runner
 import studies
 import sweep
@@ -202,7 +203,7 @@ def lost_connection() -> Exception:
 
 
 def test_a_lost_database_is_waited_for_then_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(studies, "OUTAGE_PAUSE_S", (0.001, 0.002))
+    monkeypatch.setattr(rdb, "OUTAGE_PAUSE_S", (0.001, 0.002))
     failures = [lost_connection(), lost_connection()]
 
     def call() -> str:
@@ -210,10 +211,10 @@ def test_a_lost_database_is_waited_for_then_named_in_one_line(monkeypatch: pytes
             raise failures.pop()
         return "answer"
 
-    outage = studies.Outage("postgresql://sweeper:***@db/sweeps")
+    outage = rdb.Outage("postgresql://sweeper:***@db/sweeps")
     assert outage.ride(call) == "answer" and not failures  # the restart ridden out
     outage.limit_s = 0.01
-    with pytest.raises(studies.StorageLost) as lost:
+    with pytest.raises(rdb.StorageLost) as lost:
         outage.ride(lambda: (_ for _ in ()).throw(lost_connection()))
     assert str(lost.value) == (
         "storage postgresql://sweeper:***@db/sweeps: its database did not answer for 0.01 s (server closed the"
@@ -227,7 +228,7 @@ def test_a_lost_database_is_waited_for_then_named_in_one_line(monkeypatch: pytes
         finally:
             raise UnboundLocalError("cannot access local variable 'updated_state'")
     except UnboundLocalError as masked:
-        assert studies.storage_lost(masked) is lost.value
+        assert rdb.storage_lost(masked) is lost.value
 
 
 def run_with_progress(log_format: str) -> runner.Progress:
