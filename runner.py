@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import keys
+import rdb
 import studies
 from errors import DiskFull, disk_full
 from objective import Fold, TrialFailed, build_estimator, evaluate, scorer_for, size_param
@@ -77,7 +78,7 @@ class TrialRunner:
         try:
             result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
                               _reporter(trial) if self.pruning else None, self.size)
-        except (optuna.TrialPruned, DiskFull):  # a full disk is the storage's failure, not the trial's
+        except (optuna.TrialPruned, DiskFull, rdb.StorageLost):  # the storage's failures, not the trial's
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
@@ -257,11 +258,11 @@ def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Pro
     if now.counted + now.running < tally.total:
         try:
             study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
-        except Exception as error:  # Optuna raises its own AssertionError when a failed trial cannot be told
-            full = disk_full(error)
-            if full is None:
+        except Exception as error:  # Optuna may raise another error (its own) while handling the storage's
+            cause = disk_full(error) or rdb.storage_lost(error)
+            if cause is None:
                 raise
-            raise full from None
+            raise cause from None
     tally.check()
 
 
@@ -269,8 +270,9 @@ def run_until_done(study: Study, objective: TrialRunner, tally: Tally, progress:
                    timeout: float | None = None) -> None:
     """run_worker, then wait for other workers' trials, failing stale ones and refilling their slots."""
     deadline = time.monotonic() + timeout if timeout else None
+    unclaimed: dict[int, float] = {}
     while True:
-        fail_stale_trials(study)
+        fail_stale_trials(study, unclaimed)
         left = deadline - time.monotonic() if deadline else None
         if left is not None and left <= 0:
             return
@@ -305,29 +307,31 @@ def _is_dead(worker: str) -> bool:
     return _process_start(int(pid)) != start
 
 
-def _never_stamped(trial: FrozenTrial) -> bool:
-    """A trial whose worker stopped before it wrote its stamp (its first write, ms after the trial
-    was created: a full disk or a kill in between), left running for longer than the grace."""
-    started = trial.datetime_start
-    return keys.WORKER not in trial.user_attrs and started is not None \
-        and time.time() - started.timestamp() > studies.GRACE_S
-
-
-def fail_stale_trials(study: Study) -> None:
+def fail_stale_trials(study: Study, unclaimed: dict[int, float] | None = None) -> None:
     """Fail the trials whose worker died, and enqueue their params again.
 
     RDB storages tell by heartbeats (and retry through their callback); any storage tells, on this
-    host, by the worker's process being gone.
+    host, by the worker's process being gone. A trial that no worker stamped (`unclaimed`: when
+    each was first seen so, kept between calls) is failed once it stays so for the grace period:
+    its worker lost the storage (or died) between asking for it and stamping it, before any
+    heartbeat too, so nothing else would ever fail it (a live worker stamps its trial at once).
     """
     import optuna
     from optuna.trial import TrialState
 
     optuna.storages.fail_stale_trials(study)
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if _is_dead(t.user_attrs.get(keys.WORKER, "")) or _never_stamped(t)]
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in running if _is_dead(t.user_attrs.get(keys.WORKER, ""))]
+    if unclaimed is not None:
+        now = time.monotonic()  # this process's clock: the workers' clocks may differ
+        seen = {t.number: unclaimed.get(t.number, now) for t in running if keys.WORKER not in t.user_attrs}
+        unclaimed.clear()
+        unclaimed.update(seen)
+        stale += [t for t in running if now - seen.get(t.number, now) > studies.GRACE_S]
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={keys.RETRY_OF: trial.number})
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={keys.RETRY_OF: trial.number})
 
 
 def limit_threads(threads: int | None) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keys
+import rdb
 from errors import ConfigError, SweepFailed, disk_full, first_line, mask_uri, say
 from search_space import SweepConfig
 
@@ -41,8 +42,8 @@ def open_storage(spec: str) -> BaseStorage:
         if spec.startswith("redis://"):
             return optuna.storages.JournalStorage(JournalRedisBackend(spec))
         if "://" in spec:
-            return _with_retries(lambda: optuna.storages.RDBStorage(
-                _with_driver(spec), engine_kwargs={"pool_pre_ping": True},
+            return _with_retries(lambda: rdb.PatientRDBStorage(
+                _with_driver(spec), mask_uri(spec), engine_kwargs={"pool_pre_ping": True},
                 heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
             ))

@@ -176,13 +176,22 @@ class Tracker:
         self.client.log_text(run.info.run_id, config.source, "search_space.yaml")
         return run.info.run_id
 
-    def _run_exists(self, run_id: str) -> bool:
+    def _run_exists(self, run_id: str, attempts: int = 4) -> bool:
+        """Whether the store has the run; only its answer "no such run" is a no. A failing store
+        (a server whose database restarts) is asked again and then raises: taking its error for
+        a no would give the study a second parent run."""
         from mlflow.exceptions import MlflowException
 
-        try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
-        except MlflowException:
-            return False
+        for attempt in range(attempts):
+            try:
+                return self.client.get_run(run_id).info.lifecycle_stage == "active"
+            except MlflowException as error:
+                if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
+                    return False
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+        return False
 
     def artifact_folder(self, run_id: str) -> str:
         """The folder of the run's artifacts, when it is on this machine ('' when not, or unknown)."""

@@ -152,9 +152,13 @@ def postgres_database():
     admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
     try:
         yield name
     finally:
+        # A new connection: a test may have restarted the server since (tests/test_restart.py).
+        admin = psycopg2.connect(PG_ADMIN)
+        admin.autocommit = True
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()

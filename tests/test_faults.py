@@ -229,11 +229,12 @@ def test_a_trial_its_worker_never_stamped_is_failed_after_the_grace_and_retried(
     study = optuna.create_study(study_name="s", storage=studies.open_storage(str(tmp_path / "optuna.journal")))
     space = {"x": optuna.distributions.FloatDistribution(0, 1)}
     trial = study.ask(space)  # no worker stamp: the disk was full before it could be written
-    runner.fail_stale_trials(study)
+    unclaimed: dict[int, float] = {}
+    runner.fail_stale_trials(study, unclaimed)
     assert study.trials[trial.number].state.name == "RUNNING"  # within the grace: a worker may stamp it yet
 
     monkeypatch.setattr(studies, "GRACE_S", 0)
-    runner.fail_stale_trials(study)
+    runner.fail_stale_trials(study, unclaimed)
     assert study.trials[trial.number].state.name == "FAIL"
     retry = study.ask(space)  # the next trial tries its params again
     assert retry.params == trial.params and retry.user_attrs["sweep.retry_of"] == trial.number

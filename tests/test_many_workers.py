@@ -34,13 +34,14 @@ params:
 FAST_HEARTBEATS = {"SWEEP_HEARTBEAT_S": "1", "SWEEP_GRACE_S": "5"}
 
 
-def launch(tmp_path, command: str, storage: str, tracking: str, *extra: str) -> subprocess.Popen:
+def launch(tmp_path, command: str, storage: str, tracking: str, *extra: str,
+           env: dict | None = None) -> subprocess.Popen:
     config = tmp_path / "space.yaml"
     return subprocess.Popen(
         [sys.executable, str(ROOT / "sweep.py"), command, "-q", "--config", str(config),
          "--storage", storage, "--tracking-uri", tracking, *extra],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **FAST_HEARTBEATS},
+        env={**os.environ, **FAST_HEARTBEATS, **(env or {})},
     )
 
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 import child_runs
 import keys
+import rdb
 import runner
 import studies
 import sweep
@@ -169,6 +170,65 @@ def test_the_tally_stops_past_the_failure_budget() -> None:
     assert len(study.trials) == 2 and tally.failed == 2
     with pytest.raises(runner.BudgetExceeded, match="stopped after 2 failed trials"):
         tally.check()
+
+
+def test_a_trial_no_worker_stamped_is_failed_once_unstamped_for_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its worker lost the storage between asking for it and stamping it: nothing else fails it."""
+    monkeypatch.setattr(studies, "GRACE_S", 0.5)
+    study = optuna.create_study(direction="maximize")
+    orphan, live = study.ask(), study.ask()
+    live.set_user_attr(keys.WORKER, runner.worker_id())
+    unclaimed: dict[int, float] = {}
+    runner.fail_stale_trials(study, unclaimed)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.RUNNING]  # seen once: not yet
+    assert list(unclaimed) == [orphan.number]
+    unclaimed[orphan.number] -= 1.0  # first seen a second ago, past the grace
+    runner.fail_stale_trials(study, unclaimed)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+    assert len(study.trials) == 2  # it drew no params: nothing to try again, its slot is simply free
+
+
+def lost_connection() -> Exception:
+    """What a restarting PostgreSQL gives Optuna: SQLAlchemy's OperationalError, wrapped by Optuna."""
+    import sqlalchemy.exc
+
+    try:
+        try:
+            driver = Exception("server closed the connection unexpectedly")
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, driver)
+        except sqlalchemy.exc.OperationalError as error:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+    except optuna.exceptions.StorageInternalError as wrapped:
+        return wrapped
+
+
+def test_a_lost_database_is_waited_for_then_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rdb, "OUTAGE_PAUSE_S", (0.001, 0.002))
+    failures = [lost_connection(), lost_connection()]
+
+    def call() -> str:
+        if failures:
+            raise failures.pop()
+        return "answer"
+
+    outage = rdb.Outage("postgresql://sweeper:***@db/sweeps")
+    assert outage.ride(call) == "answer" and not failures  # the restart ridden out
+    outage.limit_s = 0.01
+    with pytest.raises(rdb.StorageLost) as lost:
+        outage.ride(lambda: (_ for _ in ()).throw(lost_connection()))
+    assert str(lost.value) == (
+        "storage postgresql://sweeper:***@db/sweeps: its database did not answer for 0.01 s (server closed the"
+        " connection unexpectedly); the finished trials are safe in it: run the same command again once it is back.")
+    assert outage.given_up  # later calls try once, until one gets through
+    with pytest.raises(ValueError):  # anything else is not waited for
+        outage.ride(lambda: (_ for _ in ()).throw(ValueError("bad value")))
+    try:  # Optuna's _run_trial raises UnboundLocalError while telling a trial the storage lost
+        try:
+            raise lost.value
+        finally:
+            raise UnboundLocalError("cannot access local variable 'updated_state'")
+    except UnboundLocalError as masked:
+        assert rdb.storage_lost(masked) is lost.value
 
 
 def run_with_progress(log_format: str) -> runner.Progress:
