@@ -63,7 +63,8 @@ def _old_study(storage_spec: str, name: str) -> Study:
     except ConfigError:
         raise ConfigError([f"from: study {name!r} is not in storage {mask_uri(storage_spec)}"
                            " (a sweep's study, created by `sweep run`)."]) from None
-    engine = getattr(old._storage, "engine", None)
+    backend = getattr(old._storage, "_backend", old._storage)  # RDB storages come wrapped in a cache
+    engine = getattr(backend, "engine", None)
     if engine is not None:  # pooled connections must not be shared with the processes forked next
         engine.dispose()
     return old
