@@ -173,6 +173,19 @@ def test_a_finished_study_runs_and_promotes_nothing_new(finished, stores, capsys
     assert len(versions) == 1
 
 
+def test_a_sweep_killed_between_registering_and_recording_it_registers_no_second_version(finished, stores, capsys):
+    # make chaos found it: a kill after the version was registered, before the study recorded the
+    # promotion; the same command run again promoted the same trial as a second version.
+    client = MlflowClient(stores["tracking_uri"])
+    (registered,) = client.search_model_versions("name='exp'")
+    load_study(stores, "small").set_user_attr("sweep.promoted_trial", None)  # what the kill left
+    code, _, err = run_cli(capsys, *sweep_args(finished["config"], stores))
+    assert code == 0, err
+    assert f"registered 'exp' version {registered.version} as @champion" in err
+    assert [v.version for v in client.search_model_versions("name='exp'")] == [registered.version]
+    assert client.get_model_version_by_alias("exp", "champion").version == registered.version
+
+
 def test_resume_with_a_changed_space_is_refused(finished, stores, capsys):
     config = finished["config"]
     config.write_text(config.read_text().replace("high: 3", "high: 4"))
