@@ -338,6 +338,9 @@ def refit_scored(prepared: Prepared, params: dict) -> tuple[Any, float]:
 def _open_parent(agent: Agent, known_run_id: str | None) -> str:
     """Create the study's parent run, or resume the one it has; link them both ways."""
     try:
+        # The study as it is now: `known_run_id` was read when the sweep started, and a sweep
+        # killed at its start may have linked a parent run since.
+        known_run_id = agent.study().user_attrs.get(keys.PARENT_RUN_ID) or known_run_id
         parent_run_id = Tracker(agent.uri).parent_run(agent.config, known_run_id)
         agent.bind(parent_run_id)
     except Exception as error:  # the trials go on; finalize says why nothing was logged

@@ -324,7 +324,11 @@ def _run_job(agent: Agent, jobs: dict[str, Job], replies: Any, name: str, args: 
 def _next_request(requests: Any, pending: deque[tuple], parent: int) -> tuple | None:
     """The next request to serve: a trial's "open" goes before the "close"s queued ahead of it
     (a running trial wants its run id; a finished one can wait), never before another request.
-    None when the sweep died (kill -9) and left the recorder alone."""
+    None when the sweep died (kill -9) and left the recorder alone: what it queued is dropped (the
+    next `sweep run` repairs the runs), since a recorder serving a dead sweep's queue raced the
+    restarted sweep's recorder to create the study's parent run, and two parents were made."""
+    if os.getppid() != parent:
+        return None
     while not pending:
         try:
             pending.append(requests.get(timeout=1))

@@ -113,6 +113,39 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(tmp_path, stores):
     assert json.loads(out)["study"] == "crash"
 
 
+def test_the_recorder_of_a_sweep_killed_at_its_start_creates_no_parent_run(tmp_path, stores):
+    # make chaos found it: the recorder of a `sweep run` killed while MLflow was still opening went
+    # on serving what the dead sweep had queued, created a parent run after the restarted sweep had
+    # read the study, and the study ended with two parent runs.
+    process = start_sweep(tmp_path, stores)
+    deadline = time.monotonic() + 120
+    while not [t for t in trials(stores) if t.state.name == "RUNNING"]:  # the parent run is asked for
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    forked = [int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
+              for pid in (task / "children").read_text().split()]
+    process.kill()
+    process.wait()
+    while any(_running(pid) for pid in forked):
+        assert time.monotonic() < deadline, "the recorder outlived its sweep"
+        time.sleep(0.05)
+    study = optuna.load_study(study_name="crash", storage=studies.open_storage(stores["storage"]))
+    assert "sweep.parent_run_id" not in study.user_attrs
+
+    resumed = start_sweep(tmp_path, stores)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert_nothing_lost(stores, n_trials=6)  # one parent run
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_fails_the_running_trial_promotes_the_best_so_far_and_resumes(tmp_path, stores, signum, code):
     process = start_sweep(tmp_path, stores)
