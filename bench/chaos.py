@@ -206,6 +206,7 @@ def chaos_phase(sweep: Sweep, rng: random.Random, gap: tuple[float, float]) -> N
 
 def final_phase(sweep: Sweep) -> bool:
     """Let `sweep run` end undisturbed (run it again if it ended with an error); True when it ended with 0."""
+    sweep.restart_ended(("sweep worker",))  # the last kill's victim, when it was the worker
     for attempt in range(FINAL_RUNS):
         if attempt and sweep.procs["sweep run"].returncode != 0:
             print(f"chaos: `sweep run` ended with exit code {sweep.procs['sweep run'].returncode};"
