@@ -223,7 +223,7 @@ def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str,
         storage=storage, study_name=config.study_name, direction="maximize",
         sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
     )
-    if keys.SPACE_SHA256 not in study.user_attrs:
+    if keys.CONFIG not in study.user_attrs:  # set last: a sweep killed before it sets them all again
         if when_new is not None:
             when_new(study)
         continued = {keys.FROM_STUDY: config.from_study} if config.from_study else {}

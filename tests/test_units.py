@@ -276,6 +276,17 @@ def test_the_study_lookup_policy(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- URIs and command-line values
 
+def test_a_study_whose_creation_was_killed_midway_is_completed(config, tmp_path: Path) -> None:
+    # A sweep killed after its first study attr and before the last (the config, which workers
+    # sample from): the next `sweep run` must set the rest, or no worker could ever join.
+    storage = studies.open_storage(str(tmp_path / "optuna.journal"))
+    half = optuna.create_study(storage=storage, study_name="units", direction="maximize")
+    half.set_user_attr(keys.SPACE_SHA256, config.space_sha256())
+    study = studies.open_study(config, storage, "digest")
+    assert study.user_attrs[keys.CONFIG] == config.source
+    assert studies.study_config(study).space_sha256() == config.space_sha256()
+
+
 def test_masked_and_public_uris_keep_an_ipv6_host_in_brackets() -> None:
     assert mask_uri("postgresql://sweeper:secret@[::1]:5432/sweeps") == "postgresql://sweeper:***@[::1]:5432/sweeps"
     assert mask_uri("postgresql://sweeper:secret@db/sweeps") == "postgresql://sweeper:***@db/sweeps"
