@@ -15,6 +15,7 @@ FIXED_PARAMS = "sweep.fixed_params"
 CONFIG = "sweep.config"  # the search space's YAML text, as `sweep run` validated it
 N_TRIALS = "sweep.n_trials"  # also a tag of the parent run
 PARENT_RUN_ID = "sweep.parent_run_id"
+PARENT_RUN_KEY = "sweep.parent_run_key"  # also a tag of the parent run: found by it when the id was not linked
 PROMOTED_TRIAL = "sweep.promoted_trial"
 FROM_STUDY = "sweep.from_study"  # the study it continued from (also on a carried trial and its run)
 

@@ -340,14 +340,27 @@ def _open_parent(agent: Agent, known_run_id: str | None) -> str:
     try:
         # The study as it is now: `known_run_id` was read when the sweep started, and a sweep
         # killed at its start may have linked a parent run since.
-        known_run_id = agent.study().user_attrs.get(keys.PARENT_RUN_ID) or known_run_id
-        parent_run_id = Tracker(agent.uri).parent_run(agent.config, known_run_id)
+        study = agent.study()
+        known_run_id = study.user_attrs.get(keys.PARENT_RUN_ID) or known_run_id
+        parent_run_id = Tracker(agent.uri).parent_run(agent.config, known_run_id, _parent_run_key(study))
         agent.bind(parent_run_id)
     except Exception as error:  # the trials go on; finalize says why nothing was logged
         agent.error = agent.error or f"{type(error).__name__}: {first_line(error)}"
         raise
     agent.study().set_user_attr(keys.PARENT_RUN_ID, parent_run_id)  # `sweep worker`s wait for it
     return parent_run_id
+
+
+def _parent_run_key(study: Study) -> str:
+    """The tag the study's parent run gets (or has): a recorder killed after creating the run and
+    before linking it to the study leaves a run the next `sweep run` finds by it, not a second one."""
+    import uuid
+
+    key = study.user_attrs.get(keys.PARENT_RUN_KEY)
+    if key is None:
+        key = uuid.uuid4().hex
+        study.set_user_attr(keys.PARENT_RUN_KEY, key)
+    return str(key)
 
 
 def _finalize_once(prepared: Prepared, refit: BestRefit, agent: Agent, status: str,
@@ -448,7 +461,7 @@ def sync(study: Study, tracking_uri: str) -> None:
     tracker = Tracker(tracking_uri)
     tracker.check_reachable()
     known = study.user_attrs[keys.PARENT_RUN_ID]
-    parent_run_id = tracker.parent_run(config, known, resume=False)
+    parent_run_id = tracker.parent_run(config, known, study.user_attrs.get(keys.PARENT_RUN_KEY), resume=False)
     if parent_run_id != known:
         study.set_user_attr(keys.PARENT_RUN_ID, parent_run_id)
         say(f"sync: the parent run was missing; created {parent_run_id}.")

@@ -153,11 +153,15 @@ class Tracker:
             self.client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
 
-    def parent_run(self, config: SweepConfig, known_run_id: str | None, resume: bool = True) -> str:
-        """The study's parent run: the known one when this store has it, else a new one.
+    def parent_run(self, config: SweepConfig, known_run_id: str | None, key: str | None = None,
+                   resume: bool = True) -> str:
+        """The study's parent run: the known one when this store has it, else the one tagged with
+        the study's `key` (created, then not linked: its sweep was killed), else a new one.
 
         `resume` marks it RUNNING again, for the trials about to run.
         """
+        if key and not (known_run_id and self._run_exists(known_run_id)):
+            known_run_id = self._run_tagged(config.experiment, key) or known_run_id
         if known_run_id and self._run_exists(known_run_id):
             if resume:
                 self.client.update_run(known_run_id, status="RUNNING")
@@ -170,11 +174,20 @@ class Tracker:
             keys.STUDY_NAME: config.study_name,
             keys.SPACE_SHA256: config.space_sha256(),
             keys.N_TRIALS: str(config.n_trials),
+            **({keys.PARENT_RUN_KEY: key} if key else {}),
         })
         params = [Param(k, keys.param_value(v)) for k, v in config.settings().items()]
         self.client.log_batch(run.info.run_id, params=params, tags=[RunTag(keys.NOTE_TAG, _note(config))])
         self.client.log_text(run.info.run_id, config.source, "search_space.yaml")
         return run.info.run_id
+
+    def _run_tagged(self, experiment: str, key: str) -> str | None:
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = self.client.search_runs([found.experiment_id], f"tags.`{keys.PARENT_RUN_KEY}` = '{key}'",
+                                       max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def _run_exists(self, run_id: str, attempts: int = 4) -> bool:
         """Whether the store has the run; only its answer "no such run" is a no. A failing store

@@ -186,6 +186,20 @@ def test_a_sweep_killed_between_registering_and_recording_it_registers_no_second
     assert client.get_model_version_by_alias("exp", "champion").version == registered.version
 
 
+def test_a_parent_run_its_study_never_linked_is_resumed_not_made_again(finished, stores, capsys):
+    # A recorder killed after creating the parent run and before linking it to the study: the run
+    # carries the study's key, and the next `sweep run` resumes it instead of making a second one.
+    study = load_study(stores, "small")
+    parent_id = study.user_attrs["sweep.parent_run_id"]
+    study.set_user_attr("sweep.parent_run_id", None)  # what the kill left
+    code, _, err = run_cli(capsys, *sweep_args(finished["config"], stores, "--n-trials", "5"))
+    assert code == 0, err
+    parents, children = runs_of(stores["tracking_uri"], "exp")
+    assert [p.info.run_id for p in parents] == [parent_id]
+    assert parents[0].info.status == "FINISHED" and len(children) == 5
+    assert load_study(stores, "small").user_attrs["sweep.parent_run_id"] == parent_id
+
+
 def test_resume_with_a_changed_space_is_refused(finished, stores, capsys):
     config = finished["config"]
     config.write_text(config.read_text().replace("high: 3", "high: 4"))
