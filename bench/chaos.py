@@ -52,6 +52,7 @@ params:
 POLL_S = 0.2
 FINAL_RUNS = 3  # undisturbed `sweep run`s at the end: a killed recorder makes one end with exit 1
 FINAL_TIMEOUT_S = 900
+LEFTOVER_WAIT_S = 30  # an orphaned process ends once it sees its sweep gone
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,16 @@ class Sweep:
         return victim
 
     def leftovers(self) -> list[int]:
-        """Processes of the sweep still running after it ended (orphaned forked workers)."""
-        self.victims()
-        return [pid for pid, start in self.forked.items() if start_time(pid) == start]
+        """Processes of the sweep still running after it ended (orphaned workers or recorders):
+        every process whose command line names the temp folder."""
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(self.folder) in cmdline.read_text() and start_time(int(cmdline.parent.name)):
+                    found.append(int(cmdline.parent.name))
+            except OSError:
+                pass
+        return found
 
 
 def chaos_phase(sweep: Sweep, rng: random.Random, gap: tuple[float, float]) -> None:
@@ -260,7 +268,9 @@ def main() -> int:
 
 def report(sweep: Sweep, folder: Path, n_trials: int, ended: bool) -> bool:
     """Count from the stores, print the figures; True when each is what it must be."""
-    left = sweep.leftovers()
+    deadline = time.monotonic() + LEFTOVER_WAIT_S
+    while (left := sweep.leftovers()) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     figures = count(str(folder / "optuna.journal"), f"sqlite:///{folder}/mlflow.db")
