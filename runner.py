@@ -293,11 +293,14 @@ def worker_id() -> str:
 
 
 def _process_start(pid: int) -> str:
+    """The process's start time, "" when it is gone. A killed --n-jobs worker stays a zombie until
+    `sweep run` reaps it at the end, and `sweep run` waited forever for the zombie's trial."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
+            fields = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return ""
+    return "" if fields[0] in ("Z", "X") else fields[19]
 
 
 def _is_dead(worker: str) -> bool:

@@ -113,6 +113,36 @@ def test_sigkill_mid_trial_then_resume_loses_nothing(tmp_path, stores):
     assert json.loads(out)["study"] == "crash"
 
 
+def test_a_killed_n_jobs_worker_s_trial_is_retried_and_the_sweep_ends(tmp_path, stores):
+    # make chaos found it: `sweep run --n-jobs 2` waited forever for the trial of its SIGKILLed
+    # worker, which it had not reaped yet: a zombie's /proc entry still shows its start time.
+    process = start_sweep(tmp_path, stores, "--n-jobs", "2")
+    try:
+        victim = wait_until_forked_worker_mid_trial(process, stores)
+        os.kill(int(victim.user_attrs["sweep.worker"].split(":")[1]), signal.SIGKILL)
+        _, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    final = assert_nothing_lost(stores, n_trials=6)
+    assert final[victim.number].state.name == "FAIL"
+    retries = [t for t in final if t.user_attrs.get("sweep.retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == victim.params
+
+
+def wait_until_forked_worker_mid_trial(process: subprocess.Popen, stores: dict, timeout: float = 120):
+    """A trial of the forked worker (not `sweep run` itself) once it has fitted for a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        forked = [t for t in trials(stores) if t.state.name == "RUNNING"
+                  and t.user_attrs.get("sweep.worker", "::").split(":")[1] not in ("", str(process.pid))]
+        if forked and time.time() - forked[0].datetime_start.timestamp() > 0.5:
+            return forked[0]
+        time.sleep(0.1)
+    raise AssertionError("the forked worker did not start a trial")
+
+
 def test_the_recorder_of_a_sweep_killed_at_its_start_creates_no_parent_run(tmp_path, stores):
     # make chaos found it: the recorder of a `sweep run` killed while MLflow was still opening went
     # on serving what the dead sweep had queued, created a parent run after the restarted sweep had
