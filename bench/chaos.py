@@ -117,6 +117,7 @@ class Sweep:
         self.procs: dict[str, subprocess.Popen] = {}
         self.forked: dict[int, str] = {}  # forked workers seen (pid -> start), orphans included
         self.killed: set[int] = set()
+        self.finished: set[int] = set()  # ended with exit 0: not restarted
         self.tally = Tally()
 
     def start(self, name: str) -> None:
@@ -129,15 +130,16 @@ class Sweep:
         """Restart the commands that ended; return 'done' when `sweep run` ended with exit 0."""
         for name in names:
             proc = self.procs.get(name)
-            if proc is None or proc.poll() is None:
+            if proc is None or proc.poll() is None or proc.pid in self.finished:
                 continue
             if proc.pid in self.killed:
                 self.killed.discard(proc.pid)
             else:
                 self.tally.exits.append((name, proc.returncode))
-                if name == "sweep run" and proc.returncode == 0:
-                    return "done"
-                if name == "sweep worker":  # it ended on its own (no open slot): not restarted
+                if proc.returncode == 0:  # `sweep run` is done; a worker found no open slot
+                    self.finished.add(proc.pid)
+                    if name == "sweep run":
+                        return "done"
                     continue
             self.tally.restarts[name] += 1
             self.start(name)
