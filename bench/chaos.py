@@ -12,7 +12,7 @@ ended with an error: its recorder may have been killed), then the stores are rea
 Last line: `chaos: 20 kills, 60 of 60 trials counted, lost 0, duplicated child runs 0, runs left
 RUNNING 0, parent runs 1, model versions 1`; exit code 1 when a figure is not what it must be.
 
-Usage: .venv/bin/python bench/chaos.py [--kills 20] [--trials 60] [--trees 300] [--seed N] [--keep]
+Usage: .venv/bin/python bench/chaos.py [--kills 20] [--trials 60] [--trees 400] [--seed N] [--keep]
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument("--trees", type=int, default=300, help="n_estimators of every trial (its length)")
+    parser.add_argument("--trees", type=int, default=400, help="n_estimators of every trial (its length)")
     parser.add_argument("--min-gap", type=float, default=2.0)
     parser.add_argument("--max-gap", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=None, help="the kills' random seed (default: random)")
