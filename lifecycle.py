@@ -238,6 +238,8 @@ def _forked_worker(options: Options, prepared: Prepared, recorder: TrialRecorder
     try:
         code = guard(work_forked, options.debug)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # `sweep run` may forward one while this one ends
+            signal.signal(sig, signal.SIG_IGN)
         recorder.detach()
     os._exit(code)
 
