@@ -236,7 +236,7 @@ def final_phase(sweep: Sweep) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--trials", type=int, default=120)
     parser.add_argument("--trees", type=int, default=400, help="n_estimators of every trial (its length)")
     parser.add_argument("--min-gap", type=float, default=2.0)
     parser.add_argument("--max-gap", type=float, default=5.0)
