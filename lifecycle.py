@@ -185,7 +185,7 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
     before = f"{carried} trials carried over from {study.user_attrs[keys.FROM_STUDY]!r}, " if carried else ""
     say(f"study {config.study_name!r}: {before}{ran} {'' if carried else 'trials '}ran now,"
         f" {runner.count(study).counted} of {config.n_trials} counted.")
-    lines = advice.advise(config, study.get_trials(deepcopy=False), reports.maximizes(study))
+    lines = advice.advise(config, study.get_trials(deepcopy=False), studies.maximizes(study))
     best = recorder.call("finalize", "FINISHED", lines)
     say(f"best trial {best['trial']}: {config.metric} {best['value']:.4f}")
     for line in lines:  # last, where they are seen: what to change before the next sweep
@@ -471,6 +471,6 @@ def sync(study: Study, tracking_uri: str) -> None:
     if studies.best_value(study) is not None:
         tracker.log_results(parent_run_id, config.metric, studies.best_export(study), study.trials_dataframe())
         tracker.log_advice(parent_run_id, advice.advise(config, study.get_trials(deepcopy=False),
-                                                        reports.maximizes(study)))
+                                                        studies.maximizes(study)))
     say(f"sync: {changed} child runs of study {study.study_name!r} updated"
         f" ({len(study.trials)} trials in the storage).")

@@ -322,6 +322,10 @@ def _summaries(storage_spec: str) -> list:
     return optuna.get_all_study_summaries(open_storage(storage_spec), include_best_trial=False)
 
 
+def maximizes(study: Study) -> bool:
+    return study.direction.name == "MAXIMIZE"
+
+
 def best_value(study: Study) -> float | None:
     try:
         return study.best_value

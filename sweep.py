@@ -20,6 +20,7 @@ import reports
 import runner
 import search_space
 import studies
+import ui
 from errors import guard, mask_uri, say
 
 DEFAULT_CONFIG = "search_space.yaml"
@@ -125,7 +126,7 @@ def cmd_best(args: argparse.Namespace) -> int:
         import advice
 
         config = studies.study_config(study)
-        for line in advice.advise(config, study.get_trials(deepcopy=False), reports.maximizes(study)):
+        for line in advice.advise(config, study.get_trials(deepcopy=False), studies.maximizes(study)):
             say(line)
     return 0
 
@@ -144,16 +145,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_trials(args: argparse.Namespace) -> int:
     study = studies.load_study(_storage(args), _study_name(args))
-    rows = reports.sort_rows(reports.trial_rows(study), args.sort, maximize=reports.maximizes(study))
+    rows = reports.sort_rows(reports.trial_rows(study), args.sort, maximize=studies.maximizes(study))
     _emit(reports.format_rows(rows[:args.top], args.format), args.output)
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     study = studies.load_study(_storage(args), _study_name(args))
-    where = reports.UiPlace(host=args.host, port=args.port, top=args.top, serve=not args.no_serve,
+    where = ui.UiPlace(host=args.host, port=args.port, top=args.top, serve=not args.no_serve,
                             open_browser=args.open, quiet=args.quiet, debug=args.debug)
-    return reports.show_ui(study, _tracking_uri(args), where)
+    return ui.show_ui(study, _tracking_uri(args), where)
 
 
 # ---------------------------------------------------------------- the parser
@@ -222,18 +223,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_report_commands(commands: Any, common: argparse.ArgumentParser, stores: argparse.ArgumentParser) -> None:
-    ui = command(commands, "ui", "serve the MLflow UI on the sweep's store; print links to the "
-                 "study's runs and to its best trials compared",
-                 "sweep ui --study-name exp7 --top 10 --open", [common, stores])
-    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                    f"{DEFAULT_TRACKING_URI}); with --no-serve, the http(s) server to link to")
-    ui.add_argument("--host", default="127.0.0.1", help="the UI's address (default: %(default)s)")
-    ui.add_argument("--port", type=int, default=5000, help="the UI's port (default: %(default)s)")
-    ui.add_argument("--top", type=_positive_int, default=reports.TOP_COMPARED,
-                    help="compare the best N completed trials (default: %(default)s)")
-    ui.add_argument("--no-serve", action="store_true",
-                    help="only print the links, for the MLflow server given by --tracking-uri")
-    ui.add_argument("--open", action="store_true", help="also open the comparison in a browser")
+    serve = command(commands, "ui", "serve the MLflow UI on the sweep's store; print links to the "
+                    "study's runs and to its best trials compared",
+                    "sweep ui --study-name exp7 --top 10 --open", [common, stores])
+    serve.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                       f"{DEFAULT_TRACKING_URI}); with --no-serve, the http(s) server to link to")
+    serve.add_argument("--host", default="127.0.0.1", help="the UI's address (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=5000, help="the UI's port (default: %(default)s)")
+    serve.add_argument("--top", type=_positive_int, default=ui.TOP_COMPARED,
+                       help="compare the best N completed trials (default: %(default)s)")
+    serve.add_argument("--no-serve", action="store_true",
+                       help="only print the links, for the MLflow server given by --tracking-uri")
+    serve.add_argument("--open", action="store_true", help="also open the comparison in a browser")
     trials = command(commands, "trials", "list a study's trials: number, state, value, params, "
                      "duration, run id", "sweep trials --sort value --top 10 --format csv", [common, stores])
     trials.add_argument("--sort", choices=reports.TRIAL_SORTS, default="number",
@@ -243,7 +244,7 @@ def _add_report_commands(commands: Any, common: argparse.ArgumentParser, stores:
     trials.add_argument("--format", choices=reports.TRIAL_FORMATS, default="table",
                         help="an aligned table, or CSV / JSON for scripts (default: %(default)s)")
     trials.add_argument("--output", help="write to this file instead of stdout")
-    for parser in (ui, trials):
+    for parser in (serve, trials):
         parser.description = f"{parser.description}\n\n{WHICH_STUDY}"
 
 

@@ -25,6 +25,7 @@ from optuna.trial import TrialState, create_trial
 import reports
 import studies
 import sweep
+import ui
 from conftest import free_port, small_space
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -266,7 +267,7 @@ def test_ui_finds_the_child_runs_by_their_tags_when_a_trial_lacks_its_run_id(sto
         attrs = {"mlflow_run_id": run_ids[number]} if number != 1 else {}
         study.add_trial(create_trial(value=value, params={"x": value}, distributions=space, user_attrs=attrs))
     best_first = [run_ids[1], run_ids[2], run_ids[0]]
-    assert reports.study_runs(study, stores["tracking_uri"], top=20) == (experiment_id, best_first)
+    assert ui.study_runs(study, stores["tracking_uri"], top=20) == (experiment_id, best_first)
 
 
 def test_ui_open_opens_the_compare_link(finished, stores, capsys, monkeypatch):
@@ -275,7 +276,7 @@ def test_ui_open_opens_the_compare_link(finished, stores, capsys, monkeypatch):
     opened = []
     monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
     for name in ("start_ui", "wait_ui", "stop_ui"):  # the links only: no server here
-        monkeypatch.setattr(reports, name, lambda *args: 0)
+        monkeypatch.setattr(ui, name, lambda *args: 0)
     code, out, err = run_cli(capsys, "ui", "--open", "--tracking-uri", stores["tracking_uri"],
                              "--storage", stores["storage"], "--study-name", "small",
                              "--port", str(free_port()))
