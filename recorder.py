@@ -103,7 +103,8 @@ class TrialRecorder:
             ok, result, said = self._reply(f"job:{job}", timeout)
         except (RecorderGone, TimeoutError) as error:
             raise SweepFailed(f"the MLflow recorder stopped before it finished {job} ({error}); the"
-                              " trials are safe in the Optuna storage: run `sweep sync`.") from None
+                              " trials are safe in the Optuna storage: run the same command again to log"
+                              " and promote them.") from None
         print(said, end="", file=sys.stderr, flush=True)
         if ok:
             return result

@@ -256,6 +256,9 @@ def _build(raw: dict, text: str) -> SweepConfig:
         problems += check_estimator_params(estimator, fixed, searched)
     if sampler == "grid":
         problems += check_grid(searched)
+        if from_study:  # Optuna's GridSampler knows only the points it drew itself
+            problems.append("from: cannot be used with sampler grid, which would run the carried trials' points"
+                            " again; continue with another sampler, or run the grid as a new study.")
     problems += _check_model_name(model_name, experiment)
     if problems:
         raise ConfigError(problems)

@@ -164,3 +164,11 @@ def test_with_n_jobs_on_postgresql(tmp_path, pg_database, capsys):
     _, children = runs_of(stores["tracking_uri"], "carry")
     numbers = [r.data.tags["sweep.trial_number"] for r in children if r.data.tags["sweep.study_name"] == "new"]
     assert sorted(numbers, key=int) == [str(t.number) for t in study.trials]
+
+
+def test_the_grid_sampler_cannot_continue_from_another_study(tmp_path, stores, capsys, old):
+    new = OLD.replace("sampler: random", "sampler: grid").replace("high: 0.5, log: true", "high: 0.5, step: 0.05")
+    code, err = continue_from_old(tmp_path, stores, capsys, new, 4)
+    assert (code, err.strip()) == (2, "sweep: from: cannot be used with sampler grid, which would run the carried"
+                                      " trials' points again; continue with another sampler, or run the grid as a"
+                                      " new study.")
