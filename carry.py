@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from search_space import SweepConfig
 
 CARRIED_STATES = ("COMPLETE", "PRUNED")
+# the trial's own numbers go with it: its child run in the new study logs them too
+CARRIED_ATTRS = (keys.SCORE_STD, keys.FIT_TIME_S, keys.PREDICT_MS, keys.MODEL_BYTES)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def rebuild(trial: FrozenTrial, old: SweepConfig, new: SweepConfig, old_name: st
     carried = optuna.trial.create_trial(
         state=trial.state, value=trial.value, params=params, distributions=distributions,
         intermediate_values=dict(trial.intermediate_values),
-        user_attrs={**{k: v for k, v in trial.user_attrs.items() if k in (keys.SCORE_STD, keys.FIT_TIME_S)},
+        user_attrs={**{k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS},
                     keys.FROM_STUDY: old_name, keys.FROM_TRIAL: trial.number},
     )
     carried.datetime_start, carried.datetime_complete = trial.datetime_start, trial.datetime_complete

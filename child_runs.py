@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_TAG_LENGTH = 5000
+# a trial's own numbers, logged as child-run metrics (axes of the parallel-coordinates plot)
+TRIAL_METRICS = (("fit_time_s", keys.FIT_TIME_S), ("predict_ms", keys.PREDICT_MS), ("model_bytes", keys.MODEL_BYTES))
 RETRIES = 4  # attempts per write, 0.5 s, 2 s and 8 s apart
 
 
@@ -54,8 +56,7 @@ def trial_record(trial: FrozenTrial, config: SweepConfig, study_name: str, paren
         if not metrics or metrics[-1][1] != trial.value:
             metrics.append((metric, trial.value, metrics[-1][2] if metrics else 0))
         metrics += [(f"{metric}_std", attrs[keys.SCORE_STD], 0)] if keys.SCORE_STD in attrs else []
-    if _finite(attrs.get(keys.FIT_TIME_S)):
-        metrics.append(("fit_time_s", attrs[keys.FIT_TIME_S], 0))
+    metrics += [(name, attrs[key], 0) for name, key in TRIAL_METRICS if _finite(attrs.get(key))]
     tags = run_tags(trial.number, state, study_name, parent_run_id)
     tags |= {key: str(attrs[key]) for key in (keys.FROM_STUDY, keys.FROM_TRIAL) if key in attrs}
     error = attrs.get(keys.ERROR)

@@ -3,13 +3,17 @@
 Pure: no study, no runs, no slots; runner.py wraps it into Optuna's objective. The folds are
 split (and the preprocessing fitted) once per process: it does not depend on the hyperparameters,
 so a trial only fits the estimator. With a pruner, every fold's ensemble grows in chunks of trees
-(warm start) in lockstep, and the mean fold score is reported after each chunk.
+(warm start) in lockstep, and the mean fold score is reported after each chunk. Once per trial, the
+first fold's model is measured for deployment: its predict latency on that fold's validation rows
+and its pickled size (never on the holdout, which the folds do not hold).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import pickle
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -21,6 +25,8 @@ from params import estimator_class
 from search_space import SweepConfig
 
 PRUNING_REPORTS = 10  # how many chunks a pruned ensemble is grown in
+PREDICT_ROWS = 1000  # predict_ms is the time to predict this many rows
+PREDICT_REPEATS = 5  # timed predict calls after one warm-up; their median is kept
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,15 @@ class TrialResult:
     score: float  # mean over the folds
     score_std: float
     fit_time_s: float  # fitting and scoring every fold
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a fitted model costs to deploy, measured once per trial on the first fold's model."""
+
+    predict_ms: float  # median milliseconds to predict PREDICT_ROWS validation rows
+    model_bytes: int  # len(pickle.dumps(model, protocol=5))
+    measure_s: float  # the seconds measuring took (not counted in fit_time_s)
 
 
 class TrialFailed(Exception):
@@ -123,9 +138,12 @@ def _refusal(metric: str, y: Any, error: Exception) -> str:
 
 
 def evaluate(estimator: Any, folds: list[Fold], scorer: Callable,
-             report: Callable[[int, float], None] | None = None, size: str = "n_estimators") -> TrialResult:
+             report: Callable[[int, float], None] | None = None, size: str = "n_estimators",
+             measured: Callable[[Footprint], None] | None = None) -> TrialResult:
     """Cross-validate one estimator; with `report`, grow every fold's ensemble in chunks (warm
-    start, in lockstep) and report the mean fold score after each; `report` may raise to stop."""
+    start, in lockstep) and report the mean fold score after each; `report` may raise to stop.
+    With `measured`, the first fold's model is measured once, as it stands when the trial ends
+    (a stopped trial's model as it stood: fewer trees)."""
     from sklearn.base import clone
 
     models = [clone(estimator) for _ in folds]
@@ -139,9 +157,37 @@ def evaluate(estimator: Any, folds: list[Fold], scorer: Callable,
         if math.isnan(mean):
             raise TrialFailed(f"the score is NaN after {step} trees")
         if report is not None:
-            report(step, mean)  # raises optuna.TrialPruned to stop here
+            try:
+                report(step, mean)  # raises optuna.TrialPruned to stop here
+            except Exception:
+                if measured is not None:
+                    measured(footprint(models[0], folds[0].X_valid))
+                raise
+    fit_time_s = time.perf_counter() - started
+    if measured is not None:
+        measured(footprint(models[0], folds[0].X_valid))
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-    return TrialResult(score=mean, score_std=std, fit_time_s=time.perf_counter() - started)
+    return TrialResult(score=mean, score_std=std, fit_time_s=fit_time_s)
+
+
+def footprint(model: Any, X_valid: Any, repeats: int = PREDICT_REPEATS) -> Footprint:
+    """The median time to predict PREDICT_ROWS of these rows (repeated to fill the batch when
+    fewer, so a call's fixed overhead weighs the same whatever the fold's size), after one
+    warm-up call; and the model's pickled size."""
+    import numpy as np
+
+    started = time.perf_counter()
+    rows = np.resize(np.arange(X_valid.shape[0]), PREDICT_ROWS)
+    batch = X_valid.iloc[rows] if hasattr(X_valid, "iloc") else X_valid[rows]
+    model.predict(batch)  # warm-up: first-call costs (imports, caches) are not the model's
+    times = []
+    for _ in range(repeats):
+        begun = time.perf_counter()
+        model.predict(batch)
+        times.append(time.perf_counter() - begun)
+    size = len(pickle.dumps(model, protocol=5))
+    return Footprint(predict_ms=statistics.median(times) * 1000, model_bytes=size,
+                     measure_s=time.perf_counter() - started)
 
 
 def _fit_score(model: Any, fold: Fold, scorer: Callable, params: dict) -> float:

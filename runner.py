@@ -23,7 +23,7 @@ import keys
 import rdb
 import studies
 from errors import DiskFull, disk_full
-from objective import Fold, TrialFailed, build_estimator, evaluate, scorer_for, size_param
+from objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for, size_param
 from search_space import SweepConfig, suggest
 
 if TYPE_CHECKING:
@@ -74,10 +74,11 @@ class TrialRunner:
             raise TrialFailed("surplus: other workers' trials already fill the study's total")
         params = suggest(self.config, trial)
         self.recorder.open_trial(trial)
+        footprints: list[Footprint] = []  # one, from a completed or pruned trial
         started = time.perf_counter()
         try:
             result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
-                              _reporter(trial) if self.pruning else None, self.size)
+                              _reporter(trial) if self.pruning else None, self.size, footprints.append)
         except (optuna.TrialPruned, DiskFull, rdb.StorageLost):  # the storage's failures, not the trial's
             raise
         except Exception as error:
@@ -88,7 +89,11 @@ class TrialRunner:
             trial.set_user_attr(keys.ERROR, f"interrupted ({interrupt})")
             raise
         finally:
-            trial.set_user_attr(keys.FIT_TIME_S, time.perf_counter() - started)
+            measuring = sum(f.measure_s for f in footprints)
+            trial.set_user_attr(keys.FIT_TIME_S, time.perf_counter() - started - measuring)
+            for measured in footprints:
+                trial.set_user_attr(keys.PREDICT_MS, measured.predict_ms)
+                trial.set_user_attr(keys.MODEL_BYTES, measured.model_bytes)
             _link_run(trial, self.recorder)
         trial.set_user_attr(keys.SCORE_STD, result.score_std)
         return result.score

@@ -94,8 +94,26 @@ def test_one_parent_one_child_per_trial_with_exactly_the_sampled_params(shared):
         assert run.data.params == {k: str(v) for k, v in trial.params.items()}
         assert run.info.status == "FINISHED"
         assert run.data.metrics["roc_auc"] == pytest.approx(trial.value)
-        assert set(run.data.metrics) == {"roc_auc", "roc_auc_std", "fit_time_s"}
+        assert set(run.data.metrics) == {"roc_auc", "roc_auc_std", "fit_time_s", "predict_ms", "model_bytes"}
+        assert run.data.metrics["predict_ms"] > 0 and run.data.metrics["model_bytes"] > 0
+        assert run.data.metrics["predict_ms"] == pytest.approx(trial.user_attrs["sweep.predict_ms"])
+        assert run.data.metrics["model_bytes"] == trial.user_attrs["sweep.model_bytes"]
     assert study.user_attrs["sweep.parent_run_id"] == parent.info.run_id
+
+
+def test_sync_rebuilds_a_lost_child_run_with_its_deployment_numbers(finished, stores, capsys):
+    client = MlflowClient(stores["tracking_uri"])
+    lost = runs_of(stores["tracking_uri"], "exp")[1][0]
+    number = int(lost.data.tags["sweep.trial_number"])
+    client.delete_run(lost.info.run_id)
+    code, _, err = run_cli(capsys, "sync", "--study-name", "small", "--storage", stores["storage"],
+                           "--tracking-uri", stores["tracking_uri"])
+    assert code == 0, err
+    children = runs_of(stores["tracking_uri"], "exp")[1]
+    rebuilt, = [r for r in children if r.data.tags["sweep.trial_number"] == str(number)]
+    assert rebuilt.info.run_id != lost.info.run_id
+    for name in ("fit_time_s", "predict_ms", "model_bytes"):
+        assert rebuilt.data.metrics[name] == pytest.approx(lost.data.metrics[name]) and rebuilt.data.metrics[name] > 0
 
 
 def test_parent_run_holds_the_best_params_and_the_sweep_artifacts(shared, tmp_path):

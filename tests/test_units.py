@@ -14,13 +14,23 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 import child_runs
+import dataset
 import keys
 import rdb
 import runner
 import studies
 import sweep
 from errors import ConfigError, mask_uri, public_url
-from objective import PRUNING_REPORTS, build_estimator, evaluate, prepare_folds, scorer_for, size_param
+from objective import (
+    PREDICT_ROWS,
+    PRUNING_REPORTS,
+    build_estimator,
+    evaluate,
+    footprint,
+    prepare_folds,
+    scorer_for,
+    size_param,
+)
 from search_space import parse
 
 SPACE = """\
@@ -82,13 +92,58 @@ def test_lock_step_pruning_reports_each_chunk_and_ends_where_told(config, folds)
     assert seen == [1, 2, 3]
 
 
+# ---------------------------------------------------------------- a trial's deployment numbers
+
+def test_a_larger_ensemble_weighs_more_and_both_predict_in_positive_time(config, folds) -> None:
+    fold = folds[0]
+    sizes = {}
+    for trees in (5, 50):
+        model = build_estimator(config, {"n_estimators": trees, "max_depth": 3}).fit(fold.X_train, fold.y_train)
+        measured = footprint(model, fold.X_valid)
+        assert measured.predict_ms > 0 and measured.measure_s > 0
+        sizes[trees] = measured.model_bytes
+    assert sizes[50] > sizes[5] > 0
+    assert len(fold.X_valid) < PREDICT_ROWS  # iris: the fold's rows are repeated to fill the batch
+
+
+def test_evaluate_measures_once_the_first_folds_model_also_when_stopped(config, folds) -> None:
+    estimator = build_estimator(config, {"learning_rate": 0.1, "max_depth": 3})
+    whole: list = []
+    evaluate(estimator, folds, scorer_for(config), measured=whole.append)
+    assert len(whole) == 1
+
+    def stop_after_two(step: int, value: float) -> None:
+        if step == 2:
+            raise optuna.TrialPruned
+
+    stopped: list = []
+    with pytest.raises(optuna.TrialPruned):
+        evaluate(estimator, folds, scorer_for(config), stop_after_two, measured=stopped.append)
+    assert len(stopped) == 1  # the model as it stood when stopped: 2 trees of 10
+    assert 0 < stopped[0].model_bytes < whole[0].model_bytes
+
+
+def test_the_trials_folds_hold_no_holdout_row() -> None:
+    """Trials fit, score and measure on the folds only: every fold row is a training row."""
+    space = parse(SPACE.replace("{dataset: iris}", "{dataset: breast_cancer, holdout: 0.25}"))
+    data = dataset.load(space.data, space.is_classifier, space.cv, space.seed)
+    folds = prepare_folds(space, data.X_train, data.y_train, data.preprocessor)
+    holdout = {tuple(row) for row in data.X_test.to_numpy()}
+    training = {tuple(row) for row in data.X_train.to_numpy()}
+    for fold in folds:
+        rows = {tuple(row) for row in fold.X_valid} | {tuple(row) for row in fold.X_train}
+        assert rows <= training and not rows & holdout
+    assert sum(len(fold.X_valid) for fold in folds) == len(data.X_train)
+
+
 # ---------------------------------------------------------------- a trial's child-run record
 
 def finished_trial(number: int = 0) -> optuna.trial.FrozenTrial:
     trial = create_trial(
         params={"learning_rate": 0.1}, value=0.9, state=TrialState.COMPLETE,
         distributions={"learning_rate": FloatDistribution(0.05, 0.5, log=True)},
-        user_attrs={keys.SCORE_STD: 0.01, keys.FIT_TIME_S: 0.5}, intermediate_values={5: 0.85, 10: 0.9},
+        user_attrs={keys.SCORE_STD: 0.01, keys.FIT_TIME_S: 0.5, keys.PREDICT_MS: 0.8, keys.MODEL_BYTES: 12345},
+        intermediate_values={5: 0.85, 10: 0.9},
     )
     trial.number = number
     return trial
@@ -106,7 +161,8 @@ def test_a_record_written_twice_changes_nothing(config, tmp_path: Path) -> None:
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "trial-0"
     assert run.data.params == {"learning_rate": "0.1", "max_depth": keys.INACTIVE}
-    assert run.data.metrics == {"accuracy": 0.9, "accuracy_std": 0.01, "fit_time_s": 0.5}
+    assert run.data.metrics == {"accuracy": 0.9, "accuracy_std": 0.01, "fit_time_s": 0.5, "predict_ms": 0.8,
+                                "model_bytes": 12345}
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "accuracy")] == [(5, 0.85), (10, 0.9)]
     assert run.data.tags[keys.PARENT_RUN_TAG] == "parent-id"
     assert run.data.tags[keys.TRIAL_STATE] == "COMPLETE"
