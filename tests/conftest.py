@@ -92,6 +92,8 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return  # running still (a test that failed before it stopped the server): a second one would leak
         mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         log = open(self.root / "server.log", "a")
         self.process = subprocess.Popen(
