@@ -21,6 +21,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+import jobs
 import lifecycle
 import runner
 import studies
@@ -244,7 +245,7 @@ def test_a_promotion_the_study_could_not_note_is_not_registered_twice(tmp_path, 
     """The journal filled (or the sweep was killed) between registering the best model and noting it
     on the study: the next run promotes the same trial again, and finds its version."""
     prepared = lifecycle.prepare(small_space(tmp_path))
-    model, holdout = lifecycle.refit_scored(prepared, {"learning_rate": 0.1, "max_depth": 2, "max_features": None})
+    model, holdout = jobs.refit_scored(prepared, {"learning_rate": 0.1, "max_depth": 2, "max_features": None})
     tracker = Tracker(stores["tracking_uri"])
     parent = tracker.parent_run(prepared.config, None)
     example = prepared.dataset.X_train.head(5)

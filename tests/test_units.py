@@ -395,11 +395,12 @@ def test_a_tracking_store_that_cannot_be_had_is_refused_before_anything_is_creat
 
 
 def test_the_best_trial_so_far_is_refitted_ahead_and_handed_over(tmp_path: Path) -> None:
+    import jobs
     import lifecycle
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    refit = lifecycle.BestRefit(lifecycle.prepare(space))
+    refit = jobs.BestRefit(lifecycle.prepare(space))
 
     def trial(number: int, value: float, rate: float) -> optuna.trial.FrozenTrial:
         frozen = create_trial(params={"learning_rate": rate, "max_depth": 2}, value=value,
