@@ -40,11 +40,13 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 180) -> None
     raise AssertionError("the sweep did not reach the point to signal it")
 
 
-def running_by(pid: int, stores: dict) -> list:
-    """The trials that the process `pid` (or one it forked) runs now, by the worker stamp host:pid:start."""
+def running_by(pid: int, stores: dict, fitted_s: float = 0.3) -> list:
+    """The trials that the process `pid` (or one it forked) runs now, by the worker stamp host:pid:start,
+    and that have fitted for `fitted_s` (a signal then comes mid-fit, not on a trial's first line)."""
     pids = {pid, *_children(pid)}
     return [t for t in trials(stores) if t.state.name == "RUNNING"
-            and int(t.user_attrs.get("sweep.worker", "h:0:").split(":")[1]) in pids]
+            and int(t.user_attrs.get("sweep.worker", "h:0:").split(":")[1]) in pids
+            and time.time() - t.datetime_start.timestamp() >= fitted_s]
 
 
 def _children(pid: int) -> set[int]:
@@ -55,7 +57,6 @@ def _children(pid: int) -> set[int]:
 
 
 def signal_and_time(process: subprocess.Popen, signum: int, group: bool) -> tuple[str, str, float]:
-    time.sleep(0.3)  # into the trial's fit, not its first line
     start = time.monotonic()
     (os.killpg if group else os.kill)(process.pid, signum)
     out, err = process.communicate(timeout=120)
