@@ -160,13 +160,14 @@ class Tracker:
 
         `resume` marks it RUNNING again, for the trials about to run.
         """
-        if key and not (known_run_id and self._run_exists(known_run_id)):
-            known_run_id = self._run_tagged(config.experiment, key) or known_run_id
-        if known_run_id and self._run_exists(known_run_id):
+        found = known_run_id if known_run_id and self._run_exists(known_run_id) else None
+        if found is None and key:
+            found = self._run_tagged(config.experiment, key)  # MLflow searches active runs only
+        if found:
             if resume:
-                self.client.update_run(known_run_id, status="RUNNING")
-                self.client.set_tag(known_run_id, keys.N_TRIALS, str(config.n_trials))
-            return known_run_id
+                self.client.update_run(found, status="RUNNING")
+                self.client.set_tag(found, keys.N_TRIALS, str(config.n_trials))
+            return found
         from mlflow.entities import Param, RunTag
 
         experiment_id = self.experiment_id(config.experiment)
