@@ -100,13 +100,13 @@ def refit_scored(prepared: Prepared, params: dict) -> tuple[Any, float]:
     return model, float(scorer_for(config)(model, data.X_test, data.y_test))
 
 
-def _open_parent(agent: Agent, known_run_id: str | None) -> str:
+def _open_parent(agent: Agent) -> str:
     """Create the study's parent run, or resume the one it has; link them both ways."""
     try:
-        # The study as it is now: `known_run_id` was read when the sweep started, and a sweep
-        # killed at its start may have linked a parent run since.
+        # The study as it is now, not as the sweep read it when it started: a sweep killed at its
+        # start may have linked a parent run since.
         study = agent.study()
-        known_run_id = study.user_attrs.get(keys.PARENT_RUN_ID) or known_run_id
+        known_run_id = study.user_attrs.get(keys.PARENT_RUN_ID)
         parent_run_id = Tracker(agent.uri).parent_run(agent.config, known_run_id, _parent_run_key(study))
         agent.bind(parent_run_id)
     except Exception as error:  # the trials go on; finalize says why nothing was logged

@@ -150,7 +150,7 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
     study.set_user_attr(keys.N_TRIALS, config.n_trials)
     # Created while the first trials run (MLflow's import and a new store take seconds); their
     # child runs come right after it, and a trial that ends first waits for its link.
-    recorder.send("parent", study.user_attrs.get(keys.PARENT_RUN_ID))
+    recorder.send("parent")
     carried = carry.carried_count(study)
     if carried:
         recorder.send("repair")  # the carried trials' child runs, for the UI while the sweep runs
