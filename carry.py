@@ -12,7 +12,6 @@ keeps the value the old trial ran with.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import keys
@@ -31,18 +30,9 @@ CARRIED_STATES = ("COMPLETE", "PRUNED")
 CARRIED_ATTRS = (keys.SCORE_STD, keys.FIT_TIME_S, keys.PREDICT_MS, keys.MODEL_BYTES)
 
 
-@dataclass(frozen=True)
-class Carry:
-    """What a new study takes from the old one: its name and the trials, rebuilt for the new space."""
-
-    study_name: str
-    trials: tuple[FrozenTrial, ...]
-    looked_at: int  # the old study's completed and pruned trials
-
-
-def plan(storage_spec: str, config: SweepConfig, data_digest: str) -> Carry | None:
-    """The trials to carry, or None without `from`; ConfigError when the old study scored
-    something else (checked before anything is created)."""
+def plan(storage_spec: str, config: SweepConfig, data_digest: str) -> tuple[FrozenTrial, ...] | None:
+    """The old study's trials to carry, rebuilt for the new space, or None without `from`;
+    ConfigError when the old study scored something else (checked before anything is created)."""
     if not config.from_study:
         return None
     name = config.from_study
@@ -55,8 +45,7 @@ def plan(storage_spec: str, config: SweepConfig, data_digest: str) -> Carry | No
     if problems:
         raise ConfigError(problems)
     finished = [t for t in old.get_trials(deepcopy=False) if t.state.name in CARRIED_STATES]
-    carried = tuple(c for t in finished if (c := rebuild(t, old_config, config, name)) is not None)
-    return Carry(name, carried, len(finished))
+    return tuple(c for t in finished if (c := rebuild(t, old_config, config, name)) is not None)
 
 
 def _old_study(storage_spec: str, name: str) -> Study:
@@ -139,12 +128,10 @@ def fits(value: Any, param: Param) -> bool:
     return math.isclose(steps, round(steps), abs_tol=1e-9)
 
 
-def carry(study: Study, planned: Carry) -> int:
-    """Add the planned trials the study lacks (so a crash halfway is mended by the next run);
-    return how many the study holds from the old one."""
+def carry(study: Study, planned: tuple[FrozenTrial, ...]) -> None:
+    """Add the planned trials the study lacks (so a crash halfway is mended by the next run)."""
     have = {t.user_attrs.get(keys.FROM_TRIAL) for t in study.get_trials(deepcopy=False)}
-    study.add_trials([t for t in planned.trials if t.user_attrs[keys.FROM_TRIAL] not in have])
-    return len(planned.trials)
+    study.add_trials([t for t in planned if t.user_attrs[keys.FROM_TRIAL] not in have])
 
 
 def carried_count(study: Study) -> int:

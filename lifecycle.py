@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from optuna import Study
+    from optuna.trial import FrozenTrial
 
 FORKED_WAIT_S = 120  # how long --n-jobs workers wait for the study (validating the stores comes first)
 
@@ -143,7 +144,7 @@ def run(prepared: Prepared, options: Options) -> Outcome:
 
 
 def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
-               workers: list[BaseProcess], planned: carry.Carry | None) -> Outcome:
+               workers: list[BaseProcess], planned: tuple[FrozenTrial, ...] | None) -> Outcome:
     config = prepared.config
     study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest,
                                when_new=functools.partial(carry.carry, planned=planned) if planned else None)

@@ -211,7 +211,7 @@ def make_pruner(config: SweepConfig) -> BasePruner:
 
 
 def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str,
-               when_new: Callable[[Study], Any] | None = None) -> Study:
+               when_new: Callable[[Study], None] | None = None) -> Study:
     """Create the study, or load it and refuse a changed space or data.
 
     `when_new(study)` runs on a new study before it is marked ready (its config attr, which
