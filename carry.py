@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import keys
 import studies
 from errors import ConfigError, mask_uri
-from params import Param, estimator_class
+from params import Param, estimator_class, is_active
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -92,7 +92,7 @@ def rebuild(trial: FrozenTrial, old: SweepConfig, new: SweepConfig, old_name: st
     params: dict[str, Any] = {}
     distributions: dict[str, Any] = {}
     for param in new.params:
-        if not all(params.get(other, _MISSING) in values for other, values in param.when.items()):
+        if not is_active(param, params):
             continue  # not sampled by the new space: checked with the unsampled params below
         value = ran_with.get(param.name)
         if not fits(value, param):
@@ -157,5 +157,3 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
     return a == b
 
-
-_MISSING = object()

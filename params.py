@@ -307,9 +307,14 @@ def suggest(params: tuple[Param, ...], trial: Trial) -> dict[str, Any]:
     """Sample the active params of one trial, in file order (conditions look at earlier params)."""
     sampled: dict[str, Any] = {}
     for param in params:
-        if all(sampled.get(other, _MISSING) in values for other, values in param.when.items()):
+        if is_active(param, sampled):
             sampled[param.name] = _suggest_one(trial, param)
     return sampled
+
+
+def is_active(param: Param, earlier: dict[str, Any]) -> bool:
+    """Whether a trial samples this param, given the values of the params before it: its `when`."""
+    return all(earlier.get(other, _MISSING) in values for other, values in param.when.items())
 
 
 _MISSING = object()
