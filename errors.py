@@ -48,18 +48,24 @@ def disk_full(error: BaseException, path: str = "", database: str | None = None)
     The chain is searched because the libraries wrap it: Optuna raises an AssertionError while
     handling a failed journal write, MLflow an MlflowException from SQLAlchemy's from sqlite3's.
     """
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
+    for cause in causes(error):
         if isinstance(cause, DiskFull):
             return cause
         if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
             return DiskFull(str(cause.filename2 or cause.filename or path))  # a copy's target is filename2
         if "database or disk is full" in str(cause):  # SQLITE_FULL, as sqlite3 words it
             return DiskFull(path if database is None else database)
-        cause = cause.__cause__ or cause.__context__
     return None
+
+
+def causes(error: BaseException) -> list[BaseException]:
+    """The error, the one it was raised from or while handling, and so on (each once)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
 
 
 def say(message: str) -> None:

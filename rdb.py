@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from errors import SweepFailed, first_line
+from errors import SweepFailed, causes, first_line
 
 
 class StorageLost(SweepFailed):
@@ -138,7 +138,7 @@ def _lost_connection(error: BaseException) -> BaseException | None:
     """
     import sqlalchemy.exc
 
-    for cause in _chain(error):
+    for cause in causes(error):
         if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
                 isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated):
             return cause.orig if cause.orig is not None else cause
@@ -148,13 +148,5 @@ def _lost_connection(error: BaseException) -> BaseException | None:
 def storage_lost(error: BaseException) -> StorageLost | None:
     """The StorageLost behind an error, if any: Optuna's _run_trial, telling a trial while the
     storage is gone, raises UnboundLocalError from its `finally` instead (optuna 5.0)."""
-    return next((cause for cause in _chain(error) if isinstance(cause, StorageLost)), None)
+    return next((cause for cause in causes(error) if isinstance(cause, StorageLost)), None)
 
-
-def _chain(error: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    return chain
