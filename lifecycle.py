@@ -203,7 +203,8 @@ def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, option
             runner.run_worker(study, objective, tally, progress, config.timeout)
     finally:
         progress.close()
-    return len(study.trials) - before
+    # A surplus trial (a slot another worker filled first) never ran.
+    return sum(not studies.is_surplus(t) for t in study.get_trials(deepcopy=False)[before:])
 
 
 def _forked_worker(options: Options, prepared: Prepared, recorder: TrialRecorder) -> None:
