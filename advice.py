@@ -34,7 +34,7 @@ def advise(config: SweepConfig, trials: Sequence[FrozenTrial], maximize: bool = 
     """One line per numeric param whose best trials crowd an end the estimator could pass."""
     sign = 1 if maximize else -1
     # (score, greater is better; trial number; params) of each completed trial
-    done = [(sign * t.value, t.number, t.params) for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    done = [(sign * t.values[0], t.number, t.params) for t in trials if t.state.name == "COMPLETE" and t.values]
     lines = [_advice(config.estimator, param, done) for param in config.params]
     return [line for line in lines if line]
 

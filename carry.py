@@ -18,6 +18,7 @@ import keys
 import studies
 from errors import ConfigError, mask_uri
 from params import Param, estimator_class, is_active
+from search_space import MEASURED
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -102,14 +103,34 @@ def rebuild(trial: FrozenTrial, old: SweepConfig, new: SweepConfig, old_name: st
     for name in set(ran_with) - set(params):
         if not _same(ran_with[name], would_run_with.get(name, ran_with[name])):
             return None
+    goals = _goals(trial, new)
+    if goals is None:
+        return None
+    values, constraints = goals
     carried = optuna.trial.create_trial(
-        state=trial.state, value=trial.value, params=params, distributions=distributions,
-        intermediate_values=dict(trial.intermediate_values),
+        state=trial.state, values=values, params=params, distributions=distributions,
+        intermediate_values=dict(trial.intermediate_values), constraints=constraints,
         user_attrs={**{k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS},
                     keys.FROM_STUDY: old_name, keys.FROM_TRIAL: trial.number},
     )
     carried.datetime_start, carried.datetime_complete = trial.datetime_start, trial.datetime_complete
     return carried
+
+
+def _goals(trial: FrozenTrial, new: SweepConfig) -> tuple[list[float] | None, dict[str, float]] | None:
+    """The old trial's values and constraint values in the new study: its metric, and its measured
+    number as a second objective; None when the new study needs a number the trial lacks (measured
+    before `sweep` measured it), or when it was pruned and the new study has two objectives
+    (Optuna prunes only single-objective studies)."""
+    score = studies.score(trial)
+    values = None if score is None else [score]
+    if new.trade_off:
+        measured = trial.user_attrs.get(MEASURED[new.trade_off])
+        if trial.state.name != "COMPLETE" or score is None or measured is None:
+            return None
+        values = [score, measured]
+    constraints = new.constraint_values(trial.user_attrs) if new.constraints else {}
+    return None if constraints is None else (values, constraints)
 
 
 def fits(value: Any, param: Param) -> bool:

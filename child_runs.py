@@ -28,6 +28,7 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_TAG_LENGTH = 5000
 # a trial's own numbers, logged as child-run metrics (axes of the parallel-coordinates plot)
 TRIAL_METRICS = (("fit_time_s", keys.FIT_TIME_S), ("predict_ms", keys.PREDICT_MS), ("model_bytes", keys.MODEL_BYTES))
+FEASIBLE = "feasible"  # a metric: 1 when the trial kept within every constraint, else 0
 RETRIES = 4  # attempts per write, 0.5 s, 2 s and 8 s apart
 
 
@@ -46,17 +47,21 @@ class TrialRecord:
 
 def trial_record(trial: FrozenTrial, config: SweepConfig, study_name: str, parent_run_id: str) -> TrialRecord:
     """The child run of a finished (or running) FrozenTrial: exactly the declared params, inactive
-    ones as a placeholder; the metric's curve and CV mean; never a NaN."""
+    ones as a placeholder; the metric's curve and CV mean; whether it kept within the constraints
+    (`feasible`, 1 or 0: it colours the lines of the parallel-coordinates view); never a NaN."""
     state = trial.state.name
     attrs = trial.user_attrs
     metric = config.metric
     metrics = [(metric, v, int(step)) for step, v in sorted(trial.intermediate_values.items())
                if _finite(v)]
-    if state == "COMPLETE" and trial.value is not None and _finite(trial.value):
-        if not metrics or metrics[-1][1] != trial.value:
-            metrics.append((metric, trial.value, metrics[-1][2] if metrics else 0))
+    score = studies.score(trial)
+    if state == "COMPLETE" and score is not None and _finite(score):
+        if not metrics or metrics[-1][1] != score:
+            metrics.append((metric, score, metrics[-1][2] if metrics else 0))
         metrics += [(f"{metric}_std", attrs[keys.SCORE_STD], 0)] if keys.SCORE_STD in attrs else []
     metrics += [(name, attrs[key], 0) for name, key in TRIAL_METRICS if _finite(attrs.get(key))]
+    if trial.constraints:
+        metrics.append((FEASIBLE, float(studies.feasible(trial)), 0))
     tags = run_tags(trial.number, state, study_name, parent_run_id)
     tags |= {key: str(attrs[key]) for key in (keys.FROM_STUDY, keys.FROM_TRIAL) if key in attrs}
     error = attrs.get(keys.ERROR)
@@ -135,6 +140,19 @@ def sync(client: MlflowClient, study: Study, config: SweepConfig, parent_run_id:
         record = trial_record(trial, config, study.study_name, parent_run_id)
         changed += write_record(client, experiment_id, record, RunState.of(run) if run else None)[1]
     return changed
+
+
+def tag_front(client: MlflowClient, study: Study, parent_run_id: str) -> list[int]:
+    """Tag the child runs of a two-objective study's Pareto front `sweep.pareto: true`, and set it
+    to false on a run that left the front since; return the front's trial numbers. The front
+    is known from the whole study only, so this runs when the sweep ends and on `sweep sync`."""
+    front = {t.number for t in studies.pareto_front(study)}
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    for number, run in runs_by_trial(client, experiment_id, parent_run_id).items():
+        value = str(number in front).lower()
+        if (number in front or keys.PARETO in run.data.tags) and run.data.tags.get(keys.PARETO) != value:
+            client.set_tag(run.info.run_id, keys.PARETO, value)
+    return sorted(front)
 
 
 def runs_by_trial(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[int, Run]:

@@ -22,7 +22,7 @@ import tracking
 from errors import DiskFull, SweepFailed, disk_full, first_line, say
 from objective import build_model, scorer_for
 from recorder import Agent, Job
-from search_space import SweepConfig
+from search_space import MEASURED, SweepConfig
 from tracking import Tracker
 
 if TYPE_CHECKING:
@@ -62,10 +62,11 @@ class BestRefit:
 
     def consider(self, agent: Agent, trial: FrozenTrial) -> None:
         """A trial ended (the recorder's hook): refit it when it is the best this recorder has seen."""
-        if not self.ahead or trial.state.name != "COMPLETE" or trial.value is None \
-                or (self._best is not None and trial.value <= self._best):
+        score = studies.score(trial)
+        if not self.ahead or trial.state.name != "COMPLETE" or score is None or not studies.feasible(trial) \
+                or (self._best is not None and score <= self._best):
             return
-        self._best = trial.value
+        self._best = score
         with self._lock:
             self._wanted = (trial.number, dict(trial.params))
             if self._thread is None:
@@ -160,19 +161,22 @@ def finalize(study: Study, prepared: Prepared, tracker: Tracker, parent_run_id: 
     for an interrupted run, whose best may still move) on the parent run, and promote the best model
     once per best trial (`refitted(trial number, params)`: its model and holdout score)."""
     config, data = prepared.config, prepared.dataset
-    best = studies.best_export(study)
     repaired = child_runs.sync(tracker.client, study, config, parent_run_id)
     if repaired:
         say(f"repaired {repaired} child runs that were left running or that MLflow had missed.")
-    tracker.log_results(parent_run_id, config.metric, best, study.trials_dataframe())
+    if config.trade_off:
+        child_runs.tag_front(tracker.client, study, parent_run_id)
+    best = studies.best_export(study)  # SweepFailed when no trial kept within the constraints
+    tracker.log_results(parent_run_id, config.metric, best, study.trials_dataframe(), studies.best_so_far(study))
     if advice_lines is not None:
         tracker.log_advice(parent_run_id, advice_lines)
     reports.log_plots(tracker.client, parent_run_id, study)
     if study.user_attrs.get(keys.PROMOTED_TRIAL) == best["trial"]:
         say(f"best trial {best['trial']} was promoted already; nothing new to promote.")
         return best
-    model, holdout = refitted(best["trial"], study.best_trial.params)
-    promotion = tracker.promote(config, parent_run_id, model, data.X_train.head(5), holdout, best["trial"])
+    model, holdout = refitted(best["trial"], study.get_trials(deepcopy=False)[best["trial"]].params)
+    measured = {k: v for k, v in best.items() if k in MEASURED}
+    promotion = tracker.promote(config, parent_run_id, model, data.X_train.head(5), holdout, best["trial"], measured)
     study.set_user_attr(keys.PROMOTED_TRIAL, best["trial"])
     say(f"registered {config.model_name!r} version {promotion.version} as @{promotion.alias}"
         f" (holdout {config.metric} {holdout:.4f})")

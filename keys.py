@@ -39,6 +39,8 @@ TRIAL_NUMBER = "sweep.trial_number"
 TRIAL_STATE = "sweep.trial_state"
 METRIC = "sweep.metric"
 HOLDOUT_SCORE = "sweep.holdout_score"
+PARETO = "sweep.pareto"  # "true" on the child runs of a two-objective study's Pareto front
+CONSTRAINTS = "sweep.constraints"  # a model version's limits (JSON), as its sweep's constraints set them
 
 # Logged for a conditional param that a trial left unsampled: a run missing a param would drop
 # off the MLflow UI's parallel-coordinates plot.

@@ -24,7 +24,7 @@ import rdb
 import studies
 from errors import DiskFull, disk_full
 from objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for, size_param
-from search_space import SweepConfig, suggest
+from search_space import MEASURED, SweepConfig, suggest
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -64,7 +64,7 @@ class TrialRunner:
         self.size = size_param(config.estimator)
         self.pruning = config.pruner != "none"
 
-    def __call__(self, trial: Trial) -> float:
+    def __call__(self, trial: Trial) -> float | list[float]:
         import optuna
 
         trial.set_user_attr(keys.WORKER, self.worker)
@@ -92,11 +92,20 @@ class TrialRunner:
             measuring = sum(f.measure_s for f in footprints)
             trial.set_user_attr(keys.FIT_TIME_S, time.perf_counter() - started - measuring)
             for measured in footprints:
-                trial.set_user_attr(keys.PREDICT_MS, measured.predict_ms)
-                trial.set_user_attr(keys.MODEL_BYTES, measured.model_bytes)
+                self._measured(trial, measured)
             _link_run(trial, self.recorder)
         trial.set_user_attr(keys.SCORE_STD, result.score_std)
+        if self.config.trade_off:
+            return [result.score, trial.user_attrs[MEASURED[self.config.trade_off]]]
         return result.score
+
+    def _measured(self, trial: Trial, footprint: Footprint) -> None:
+        """Keep the model's numbers on the trial, and how far each lies past its limit: the
+        sampler learns the feasible region from these, and the best trial is a feasible one."""
+        trial.set_user_attr(keys.PREDICT_MS, footprint.predict_ms)
+        trial.set_user_attr(keys.MODEL_BYTES, footprint.model_bytes)
+        for name, value in (self.config.constraint_values(trial.user_attrs) or {}).items():
+            trial.set_constraint(name, value)
 
 
 def _reporter(trial: Trial) -> Callable[[int, float], None]:
@@ -140,7 +149,7 @@ class Count:
 
     counted: int  # completed and pruned: what --n-trials counts
     running: int
-    best: float | None  # the best completed value (the study maximizes)
+    best: float | None  # the best completed metric within the constraints (the study maximizes it)
 
 
 class TrialCounter:
@@ -169,9 +178,10 @@ class TrialCounter:
                 continue
             self._unfinished.discard(number)
             self._counted += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            if trial.state == TrialState.COMPLETE and trial.value is not None \
-                    and (self._best is None or trial.value > self._best):
-                self._best = trial.value
+            score = studies.score(trial)
+            if trial.state == TrialState.COMPLETE and score is not None and studies.feasible(trial) \
+                    and (self._best is None or score > self._best):
+                self._best = score
         self._seen = len(trials)
         return Count(self._counted, len(self._running), self._best)
 

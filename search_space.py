@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+import keys
 import params
 from errors import ConfigError, first_line
 from params import (
@@ -42,6 +44,7 @@ PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 TOP_KEYS = (
     "experiment", "study_name", "model_name", "estimator", "data", "metric", "cv", "seed",
     "sampler", "pruner", "n_trials", "timeout", "max_failures", "fixed", "params", "from",
+    "constraints", "select",
 )
 DATA_KEYS = ("dataset", "path", "target", "drop", "holdout", "options")
 BUNDLED = (
@@ -51,8 +54,13 @@ SYNTHETIC_OPTIONS = ("n_samples", "n_features", "n_informative", "n_classes", "n
 DEFAULTS: dict[str, Any] = {
     "experiment": "sweep", "study_name": None, "model_name": None, "cv": 5, "seed": 42,
     "sampler": "tpe", "pruner": "none", "n_trials": 20, "timeout": None, "max_failures": 10,
-    "fixed": {}, "from": None,
+    "fixed": {}, "from": None, "constraints": {}, "select": None,
 }
+# What each trial measures of its first fold's model, by the name a user writes: a constraint
+# (`constraints: {predict_ms: {max: 2}}`) or a second objective (`metric: [roc_auc, predict_ms]`)
+# names these, and both are minimized. Their trial user attrs:
+MEASURED = {"predict_ms": keys.PREDICT_MS, "model_bytes": keys.MODEL_BYTES}
+SELECT_KEYS = ("within",)
 MAX_SEED = 2**32 - 1  # numpy's RandomState, behind the samplers and the splits, takes no more
 
 
@@ -89,6 +97,30 @@ class SweepConfig:
     params: tuple[Param, ...]
     source: str = ""  # the YAML text as given
     from_study: str | None = None  # `from:`: the study whose fitting trials a new study starts with
+    constraints: dict[str, float] = field(default_factory=dict)  # a MEASURED name: its max
+    trade_off: str | None = None  # a MEASURED name, minimized as the second objective
+    select_within: float | None = None  # `select: {within: x}`: see select_from_front
+
+    @property
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
+        """The study's objectives: the metric (scikit-learn scorers are greater-is-better), then
+        the trade-off, when there is one."""
+        return ["maximize", "minimize"] if self.trade_off else ["maximize"]
+
+    def objectives(self) -> list[str]:
+        return [self.metric] + ([self.trade_off] if self.trade_off else [])
+
+    def constraint_values(self, measured: dict[str, Any]) -> dict[str, float] | None:
+        """Optuna's constraint per limit (feasible when <= 0): how far the trial's number lies past
+        the limit, as a fraction of it (so the milliseconds and the bytes weigh alike); None when a
+        number was not measured."""
+        values: dict[str, Any] = {name: measured.get(MEASURED[name]) for name in self.constraints}
+        if any(not is_number(v) for v in values.values()):
+            return None
+        return {name: float(v) / self.constraints[name] - 1.0 for name, v in values.items()}
+
+    def limits_text(self) -> str:
+        return ", ".join(f"{name} <= {limit:g}" for name, limit in self.constraints.items())
 
     @property
     def is_classifier(self) -> bool:
@@ -101,6 +133,9 @@ class SweepConfig:
             "cv": self.cv, "seed": self.seed, "fixed": self.fixed,
             "params": [[p.name, repr(p.distribution), p.when] for p in self.params],
         }
+        # only when set: the studies of earlier versions, which had neither, resume as they were
+        goals = {"constraints": self.constraints, "trade_off": self.trade_off, "select_within": self.select_within}
+        identity.update({k: v for k, v in goals.items() if v})
         text = json.dumps(_json_keys(identity), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -112,6 +147,9 @@ class SweepConfig:
             "n_trials": self.n_trials, "holdout": self.data.holdout,
         }
         settings.update({f"fixed.{k}": v for k, v in self.fixed.items()})
+        settings.update({f"max_{k}": v for k, v in self.constraints.items()})
+        if self.trade_off:
+            settings.update(trade_off=self.trade_off, select_within=self.select_within)
         return settings
 
 
@@ -176,6 +214,12 @@ class _SafeUniqueLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads `5e6` (no dot) as a string; YAML 1.2, JSON and Python read it as a number.
+_SafeUniqueLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def _safe_load(text: str, origin: str) -> Any:
     """The YAML as plain values; anything the safe loader cannot build is one ConfigError line."""
     try:
@@ -231,9 +275,9 @@ def _build(raw: dict, text: str) -> SweepConfig:
         problems.append(choice_problem("estimator", estimator, ESTIMATORS))
         estimator = None
     data = _check_data(raw.get("data"), problems)
-    metric: Any = values.get("metric")
-    if not isinstance(metric, str) or not metric:
-        problems.append(f"metric: must be a scikit-learn scorer name. Got {metric!r} instead.")
+    metric, trade_off = _check_metric(values.get("metric"), problems)
+    constraints = _check_constraints(values.get("constraints"), problems)
+    select_within = _check_select(values.get("select"), trade_off, problems)
     cv = _check_int(values, "cv", 2, problems)
     seed = _check_int(values, "seed", 0, problems, maximum=MAX_SEED)
     n_trials = _check_int(values, "n_trials", 1, problems)
@@ -254,6 +298,11 @@ def _build(raw: dict, text: str) -> SweepConfig:
     searched = check_params(raw.get("params"), problems)
     if estimator:
         problems += check_estimator_params(estimator, fixed, searched)
+    if trade_off and pruner not in (None, "none"):  # Optuna prunes single-objective studies only
+        problems.append(f"pruner: must be none with two objectives (metric: [{metric}, {trade_off}])."
+                        f" Got {pruner!r} instead.")
+    if trade_off and sampler == "cmaes":
+        problems.append("sampler: cmaes optimizes one objective; with two use tpe, random, qmc or grid.")
     if sampler == "grid":
         problems += check_grid(searched)
         if from_study:  # Optuna's GridSampler knows only the points it drew itself
@@ -268,7 +317,56 @@ def _build(raw: dict, text: str) -> SweepConfig:
         estimator=estimator, data=data, metric=metric, cv=cv, seed=seed, sampler=sampler,
         pruner=pruner, n_trials=n_trials, timeout=timeout, max_failures=max_failures,
         fixed=dict(fixed), params=tuple(searched), source=text, from_study=from_study,
+        constraints=constraints, trade_off=trade_off, select_within=select_within,
     )
+
+
+def _check_metric(metric: Any, problems: list[str]) -> tuple[str, str | None]:
+    """`roc_auc`, or two objectives: `[roc_auc, predict_ms]` (the scorer, then a MEASURED number)."""
+    if isinstance(metric, list) and len(metric) == 2 and isinstance(metric[0], str) and metric[0]:
+        if metric[1] in MEASURED:
+            return metric[0], metric[1]
+        problems.append(f"metric[1]: the second objective must be one of {', '.join(MEASURED)}"
+                        f" (minimized). Got {metric[1]!r} instead.")
+        return metric[0], None
+    if not isinstance(metric, str) or not metric:
+        problems.append("metric: must be a scikit-learn scorer name, or a list of it and one of"
+                        f" {', '.join(MEASURED)}. Got {metric!r} instead.")
+        return "", None
+    return metric, None
+
+
+def _check_constraints(raw: Any, problems: list[str]) -> dict[str, float]:
+    """`{predict_ms: {max: 2.0}, model_bytes: {max: 5e6}}`: a limit > 0 on each MEASURED name given."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"constraints: must be a mapping such as {{predict_ms: {{max: 2.0}}}}. Got {raw!r} instead.")
+        return {}
+    problems += unknown_keys(raw, tuple(MEASURED), "constraints.")
+    limits = {}
+    for name in (n for n in MEASURED if n in raw):
+        rule = raw[name]
+        limit: Any = rule.get("max") if isinstance(rule, dict) else None
+        if not isinstance(rule, dict) or set(rule) != {"max"} or not is_number(limit) or limit <= 0:
+            problems.append(f"constraints.{name}: must be {{max: <a number > 0>}}. Got {rule!r} instead.")
+            continue
+        limits[name] = float(limit)
+    return limits
+
+
+def _check_select(raw: Any, trade_off: str | None, problems: list[str]) -> float | None:
+    """`select: {within: 0.005}` picks the champion from a two-objective study's front."""
+    if raw is None:
+        return None
+    if not trade_off:
+        problems.append("select: applies only with two objectives (metric: [<scorer>, predict_ms or model_bytes]).")
+        return None
+    within: Any = raw.get("within") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or set(raw) != {"within"} or not is_number(within) or within < 0:
+        problems.append(f"select: must be {{within: <a number >= 0>}}. Got {raw!r} instead.")
+        return None
+    return float(within)
 
 
 def _check_int(values: dict, key: str, minimum: int, problems: list[str], maximum: int | None = None) -> int:

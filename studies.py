@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import keys
 import rdb
 from errors import ConfigError, SweepFailed, disk_full, first_line, mask_uri, say
-from search_space import SweepConfig
+from search_space import MEASURED, SweepConfig
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -181,12 +181,14 @@ def append_whole(path: str, data: bytes) -> None:
             raise full from error
 
 
-def make_sampler(config: SweepConfig) -> BaseSampler:
+def make_sampler(config: SweepConfig, seed: int | None = None) -> BaseSampler:
+    """The config's sampler, seeded with its seed unless told another (a worker's own). Every
+    sampler reads the trials' constraints (Optuna's Trial.set_constraint); TPE learns from them."""
     import optuna.samplers as samplers
 
     from search_space import grid
 
-    seed = config.seed
+    seed = config.seed if seed is None else seed
     if config.sampler == "grid":
         return samplers.GridSampler(grid(config), seed=seed)
     return {
@@ -210,6 +212,17 @@ def make_pruner(config: SweepConfig) -> BasePruner:
     }[config.pruner]()
 
 
+def join(study: Study, config: SweepConfig) -> Study:
+    """A loaded study with the sweep's own sampler and pruner (Optuna's load_study gives its
+    defaults): a worker samples as `sweep run` does, with a seed of its own, since two workers
+    on one seed would draw the same start-up points."""
+    import zlib
+
+    study.sampler = make_sampler(config, seed=(config.seed + zlib.crc32(os.urandom(8))) % 2**32)
+    study.pruner = make_pruner(config)
+    return study
+
+
 def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str,
                when_new: Callable[[Study], None] | None = None) -> Study:
     """Create the study, or load it and refuse a changed space or data.
@@ -220,7 +233,7 @@ def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str,
     import optuna
 
     study = optuna.create_study(
-        storage=storage, study_name=config.study_name, direction="maximize",
+        storage=storage, study_name=config.study_name, directions=config.directions,
         sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
     )
     if keys.CONFIG not in study.user_attrs:  # set last: a sweep killed before it sets them all again
@@ -323,25 +336,94 @@ def _summaries(storage_spec: str) -> list:
 
 
 def maximizes(study: Study) -> bool:
-    return study.direction.name == "MAXIMIZE"
+    """Whether the metric (the first objective) is maximized."""
+    return study.directions[0].name == "MAXIMIZE"
+
+
+def score(trial: FrozenTrial) -> float | None:
+    """The trial's metric: its value, the first of its values in a two-objective study."""
+    return trial.values[0] if trial.values else None
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """Within every constraint (Optuna's rule: each constraint value <= 0); a trial of a study
+    without constraints has none, and is."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def feasible_trials(study: Study) -> list[FrozenTrial]:
+    """The completed trials within the constraints (all of them in a study without any)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(_complete(),)) if feasible(t)]
+
+
+def pareto_front(study: Study) -> list[FrozenTrial]:
+    """The completed trials within the constraints that no other such trial beats on one objective
+    without losing on the other (Optuna's best_trials), best metric first."""
+    return sorted(study.best_trials, key=lambda t: (-t.values[0], t.number))
+
+
+def best_trial(study: Study) -> FrozenTrial | None:
+    """The trial a sweep exports and promotes: the best completed trial within the constraints.
+    With two objectives, the front's member with the best metric, or, with `select: {within: x}`,
+    the one with the lowest second objective among the members whose metric lies within x of the
+    front's best. None when no completed trial is within the constraints."""
+    if len(study.directions) == 1:
+        try:
+            return study.best_trial  # Optuna's: it skips the trials past a constraint
+        except ValueError:
+            return None
+    front = pareto_front(study)
+    if not front:
+        return None
+    top = max(t.values[0] for t in front)
+    within = study_config(study).select_within or 0.0
+    near = [t for t in front if t.values[0] >= top - within]
+    return min(near, key=lambda t: (t.values[1], -t.values[0], t.number))
+
+
+def best_so_far(study: Study) -> list[tuple[int, float]]:
+    """(trial number, the best metric up to it) at each completed trial within the constraints that
+    raised it (the study maximizes the metric)."""
+    best, history = None, []
+    for trial in study.get_trials(deepcopy=False, states=(_complete(),)):
+        value = score(trial)
+        if value is not None and feasible(trial) and (best is None or value > best):
+            best = value
+            history.append((trial.number, float(value)))
+    return history
 
 
 def best_value(study: Study) -> float | None:
-    try:
-        return study.best_value
-    except ValueError:  # no completed trial yet
-        return None
+    best = best_trial(study)
+    return None if best is None else score(best)
+
+
+def export(study: Study, trial: FrozenTrial) -> dict:
+    """A trial with the tuned plus the fixed params, ready for Estimator(**params), and the numbers
+    it measured of its model."""
+    fixed = study.user_attrs.get(keys.FIXED_PARAMS, {})
+    measured = {name: trial.user_attrs[key] for name, key in MEASURED.items() if key in trial.user_attrs}
+    return {"study": study.study_name, "trial": trial.number, "value": score(trial), **measured,
+            "params": {**fixed, **trial.params}}
 
 
 def best_export(study: Study) -> dict:
-    """The best trial, with the tuned plus the fixed params, ready for Estimator(**params)."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise SweepFailed(f"study {study.study_name!r} has no completed trial yet.") from None
-    fixed = study.user_attrs.get(keys.FIXED_PARAMS, {})
-    return {"study": study.study_name, "trial": best.number, "value": best.value,
-            "params": {**fixed, **best.params}}
+    """export() of the best trial; SweepFailed when there is none, saying why."""
+    best = best_trial(study)
+    if best is not None:
+        return export(study, best)
+    completed = study.get_trials(deepcopy=False, states=(_complete(),))
+    if not completed:
+        raise SweepFailed(f"study {study.study_name!r} has no completed trial yet.")
+    limits = study_config(study).limits_text()
+    raise SweepFailed(f"study {study.study_name!r}: none of its {len(completed)} completed trials meets the"
+                      f" constraints ({limits}); nothing is exported or promoted.")
+
+
+def _complete() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState.COMPLETE
 
 
 def is_surplus(trial: FrozenTrial) -> bool:
@@ -351,8 +433,11 @@ def is_surplus(trial: FrozenTrial) -> bool:
 
 
 def trial_row(trial: FrozenTrial) -> dict:
-    """number, state, value, params (the active ones), duration_s, run_id: one row, one JSON line."""
+    """number, state, value, params (the active ones), what it measured, whether it was within
+    the constraints (None without any), duration_s, run_id: one row, one JSON line."""
     duration = trial.duration.total_seconds() if trial.duration is not None else None
-    return {"number": trial.number, "state": trial.state.name, "value": trial.value,
-            "params": dict(trial.params), "duration_s": duration,
+    measured = {name: trial.user_attrs.get(key) for name, key in MEASURED.items()}
+    return {"number": trial.number, "state": trial.state.name, "value": score(trial),
+            "params": dict(trial.params), **measured,
+            "feasible": feasible(trial) if trial.constraints else None, "duration_s": duration,
             "run_id": trial.user_attrs.get(keys.RUN_ID)}

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lifecycle
 import reports
@@ -21,7 +21,10 @@ import runner
 import search_space
 import studies
 import ui
-from errors import guard, mask_uri, say
+from errors import ConfigError, guard, mask_uri, say
+
+if TYPE_CHECKING:
+    from optuna import Study
 
 DEFAULT_CONFIG = "search_space.yaml"
 DEFAULT_STORAGE = "optuna.journal"
@@ -114,7 +117,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     study = studies.load_study(_storage(args), _study_name(args))
-    best = studies.best_export(study)
+    best: dict | list[dict] = _pareto(study) if args.pareto else studies.best_export(study)
     if args.format == "yaml":
         import yaml
 
@@ -126,9 +129,17 @@ def cmd_best(args: argparse.Namespace) -> int:
         import advice
 
         config = studies.study_config(study)
-        for line in advice.advise(config, study.get_trials(deepcopy=False), studies.maximizes(study)):
+        for line in advice.advise(config, studies.feasible_trials(study), studies.maximizes(study)):
             say(line)
     return 0
+
+
+def _pareto(study: Study) -> list[dict]:
+    """The Pareto front's trials, each in the shape of `sweep best`'s one, best metric first."""
+    if len(study.directions) == 1:
+        raise ConfigError([f"--pareto: study {study.study_name!r} has one objective; a front needs two"
+                           " (metric: [<scorer>, predict_ms or model_bytes])."])
+    return [studies.export(study, trial) for trial in studies.pareto_front(study)]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -204,6 +215,8 @@ def _parser() -> argparse.ArgumentParser:
                    "sweep best --study-name exp7 --format yaml > best_params.yaml", [common, stores])
     best.add_argument("--format", choices=("json", "yaml"), default="json")
     best.add_argument("--output", help="write to this file instead of stdout")
+    best.add_argument("--pareto", action="store_true",
+                      help="list every trial of a two-objective study's Pareto front instead, best metric first")
     best.add_argument("--advice", action="store_true",
                       help="also say, on stderr, which param ranges to widen (README \"Range advice\")")
     worker = command(commands, "worker", "join a sweep's study from anywhere and run its trials",

@@ -7,6 +7,7 @@ promoted model, because MLflow only links a logged model to a run through it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import advice
 import keys
 from errors import ConfigError, first_line, mask_uri, public_url
+from search_space import MEASURED
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -218,8 +220,10 @@ class Tracker:
         parts = urllib.parse.urlsplit(uri)
         return urllib.parse.unquote(parts.path) if parts.scheme in ("", "file") else ""
 
-    def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any) -> None:
-        """Best params (YAML and JSON), the trials table and the best-so-far curve on the parent."""
+    def log_results(self, parent_run_id: str, metric: str, best: dict, trials: Any,
+                    best_so_far: list[tuple[int, float]]) -> None:
+        """Best params (YAML and JSON), the trials table and the best-so-far curve (trial number,
+        best metric up to it) on the parent."""
         import yaml
         from mlflow.entities import Metric
 
@@ -229,7 +233,7 @@ class Tracker:
         now = int(time.time() * 1000)
         key = f"best_{metric}"
         logged = {m.step for m in self.client.get_metric_history(parent_run_id, key)}
-        history = [Metric(key, value, now, step) for step, value in _best_so_far(trials) if step not in logged]
+        history = [Metric(key, value, now, step) for step, value in best_so_far if step not in logged]
         for start in range(0, len(history), 1000):  # MLflow takes at most 1000 metrics a batch
             self.client.log_batch(parent_run_id, metrics=history[start:start + 1000])
 
@@ -241,17 +245,23 @@ class Tracker:
         self.client.set_terminated(parent_run_id, status=status)
 
     def promote(self, config: SweepConfig, parent_run_id: str, model: Any, X_example: Any,
-                holdout_score: float, trial_number: int) -> Promotion:
-        """Log the model on the parent run, register it and point an alias at the new version."""
+                holdout_score: float, trial_number: int, measured: dict | None = None) -> Promotion:
+        """Log the model on the parent run, register it and point an alias at the new version:
+        @champion when it beats the champion, or when the champion is not comparable (another
+        metric) or not known to keep within this sweep's constraints; else @challenger.
+        `measured`: the trial's numbers (predict_ms, model_bytes), kept as the version's tags."""
         name = config.model_name
         champion = self._champion(name)
         tags = {keys.STUDY_NAME: config.study_name, keys.TRIAL_NUMBER: str(trial_number),
-                keys.METRIC: config.metric, keys.HOLDOUT_SCORE: repr(holdout_score)}
+                keys.METRIC: config.metric, keys.HOLDOUT_SCORE: repr(holdout_score),
+                **{MEASURED[k]: repr(v) for k, v in (measured or {}).items() if k in MEASURED}}
+        if config.constraints:
+            tags[keys.CONSTRAINTS] = json.dumps(config.constraints)
         version = self._registered(config, parent_run_id, trial_number) \
             or self._log_and_register(config, parent_run_id, model, X_example, tags)
         beats = champion is None or str(champion.version) == version or (
-            champion.tags.get(keys.METRIC) == config.metric
-            and holdout_score > float(champion.tags.get(keys.HOLDOUT_SCORE, "-inf"))
+            champion.tags.get(keys.METRIC) != config.metric or not _within(champion.tags, config.constraints)
+            or holdout_score > float(champion.tags.get(keys.HOLDOUT_SCORE, "-inf"))
         )
         alias = "champion" if beats else "challenger"
         self.client.set_registered_model_alias(name, alias, version)
@@ -306,15 +316,6 @@ def _note(config: SweepConfig) -> str:
             f"{config.metric} over {config.cv} folds. Each child run is one Optuna trial.")
 
 
-def _best_so_far(trials: Any) -> list[tuple[int, float]]:
-    best, history = None, []
-    for row in trials.itertuples():
-        if row.state == "COMPLETE" and (best is None or row.value > best):
-            best = row.value
-            history.append((int(row.number), float(best)))
-    return history
-
-
 def trusted_types(model: Any) -> list[str]:
     """Exactly the types skops must be told to trust to load this model, nothing wider."""
     import skops.io
@@ -328,3 +329,8 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in
             ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")]
 
+
+def _within(version_tags: dict[str, str], limits: dict[str, float]) -> bool:
+    """Whether a model version's numbers, as its tags keep them, are known to meet these limits."""
+    values = [version_tags.get(MEASURED[name]) for name in limits]
+    return all(v is not None and float(v) <= limit for v, limit in zip(values, limits.values(), strict=True))

@@ -84,10 +84,9 @@ def _check_store_exists(uri: str) -> None:
 
 
 def completed_best_first(study: Study) -> list:
-    from optuna.trial import TrialState
-
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: (-t.value if studies.maximizes(study) else t.value, t.number))
+    """The completed trials within the constraints, best metric first."""
+    sign = -1 if studies.maximizes(study) else 1
+    return sorted(studies.feasible_trials(study), key=lambda t: (sign * t.values[0], t.number))
 
 
 def study_runs(study: Study, tracking_uri: str, top: int) -> tuple[str, list[str]]:
