@@ -3,7 +3,7 @@
 Playwright for Python drives Debian's chromium (`make test` installs it; Playwright's own browser
 downloads are not used). Where no chromium can be launched the tests are skipped, saying why.
 The MLflow 3.17 compare page draws a plotly `.parcoords` in `.pcp-plot`; it preselects only three
-params, so the test selects every swept param and the metric, then reads the plot's data.
+params, so the test selects every swept param and the metrics it wants, then reads the plot's data.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+import keys
 import studies
 import sweep
+import ui
 from conftest import ROOT, small_space
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots for CI (git-ignored)
@@ -63,6 +65,25 @@ params:
   learning_rate: {{type: float, low: 0.05, high: 0.5, log: true}}
   loss: {{type: categorical, choices: [log_loss, exponential]}}
   ccp_alpha: {{type: float, low: 0.0, high: 0.01, when: {{loss: exponential}}}}
+"""
+
+# A grid over max_depth 1..4 with 8 trees: trees of depth 1 and 2 are full whatever the data (about
+# 10.8 and 13.1 kB pickled), depth 3 about 17.6 kB, so the model_bytes limit splits the grid. The
+# predict_ms limit never binds (predicting takes about 1 ms); it makes `feasible` mean every limit.
+CONSTRAINED = """\
+experiment: {name}
+study_name: {name}
+estimator: GradientBoostingClassifier
+data: {{dataset: breast_cancer, holdout: 0.25}}
+metric: roc_auc
+cv: 2
+seed: 5
+sampler: grid
+n_trials: 4
+fixed: {{n_estimators: 8, random_state: 0}}
+constraints: {{predict_ms: {{max: 1000}}, model_bytes: {{max: 15000}}}}
+params:
+  max_depth: {{type: int, low: 1, high: 4}}
 """
 
 
@@ -124,8 +145,8 @@ def choose(page, which: int, wanted: set[str]) -> None:
     page.keyboard.press("Escape")
 
 
-def plotted_dimensions(browser, link: str, params: set[str], metric: str, screenshot: Path) -> dict:
-    """Open the link, select every param and the metric; return {axis label: values as drawn}."""
+def plotted_dimensions(browser, link: str, params: set[str], metrics: set[str], screenshot: Path) -> dict:
+    """Open the link, select these params and metrics; return {axis label: values as drawn}."""
     page = browser.new_page()
     try:
         page.goto(link)
@@ -134,9 +155,9 @@ def plotted_dimensions(browser, link: str, params: set[str], metric: str, screen
         if assistant.count():  # the chat side panel takes a third of the page
             assistant.first.click()
         choose(page, 0, params)
-        choose(page, 1, {metric})
+        choose(page, 1, metrics)
         page.wait_for_function(
-            f"n => document.querySelector('{PLOT}').data[0].dimensions.length === n", arg=len(params) + 1)
+            f"n => document.querySelector('{PLOT}').data[0].dimensions.length === n", arg=len(params | metrics))
         page.wait_for_timeout(500)  # the WebGL lines are drawn after the data is set
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=True)
@@ -164,7 +185,7 @@ def test_the_compare_link_draws_every_swept_param_and_the_metric(browser, mlflow
     study, link = swept_on_server(tmp_path, mlflow_server, "pcp", FIVE_PARAMS, capsys)
     trials = completed(study)
     params = {"learning_rate", "max_depth", "subsample", "max_features", "min_samples_leaf"}
-    drawn = plotted_dimensions(browser, link, params, "roc_auc", ARTIFACTS / "parallel-coordinates.png")
+    drawn = plotted_dimensions(browser, link, params, {"roc_auc"}, ARTIFACTS / "parallel-coordinates.png")
     assert set(drawn) == params | {"roc_auc"}  # an axis per swept param, plus the metric
     assert all(len(values) == len(trials) for values in drawn.values())  # a line per compared trial
     assert drawn["roc_auc"] == pytest.approx([t.value for t in trials])  # best first, as linked
@@ -184,7 +205,7 @@ def test_a_conditional_space_still_draws_every_trial(browser, mlflow_server, tmp
         assert run.data.params["ccp_alpha"] == str(trial.params.get("ccp_alpha", "inactive"))
     params = {"learning_rate", "loss", "ccp_alpha"}
     screenshot = ARTIFACTS / "parallel-coordinates-conditional.png"
-    drawn = plotted_dimensions(browser, link, params, "roc_auc", screenshot)
+    drawn = plotted_dimensions(browser, link, params, {"roc_auc"}, screenshot)
     assert set(drawn) == params | {"roc_auc"}
     assert all(len(values) == len(trials) for values in drawn.values())
     assert not any(isinstance(v, float) and math.isnan(v) for values in drawn.values() for v in values)
@@ -192,3 +213,26 @@ def test_a_conditional_space_still_draws_every_trial(browser, mlflow_server, tmp
     # A numeric param with a placeholder becomes a categorical axis; the UI cuts labels to 10 chars.
     assert drawn["ccp_alpha"] == [str(t.params.get("ccp_alpha", "inactive"))[:10] for t in trials]
     assert drawn["loss"] == [t.params["loss"][:10] for t in trials]
+
+
+def test_the_feasible_axis_tells_the_trials_over_a_limit_apart(browser, mlflow_server, tmp_path, capsys):
+    study, _ = swept_on_server(tmp_path, mlflow_server, "pcp-constrained", CONSTRAINED, capsys)
+    trials = completed(study)
+    assert len(trials) == 4 and all(set(t.constraints) == {"predict_ms", "model_bytes"} for t in trials)
+    feasible = [float(all(v <= 0 for v in t.constraints.values())) for t in trials]  # Optuna's rule
+    assert 0.0 in feasible and 1.0 in feasible, "the model_bytes limit should split the grid"
+    # `sweep ui` compares the feasible trials only; this page compares every trial, best first.
+    parent_run_id = study.user_attrs[keys.PARENT_RUN_ID]
+    experiment_id = MlflowClient(mlflow_server).get_run(parent_run_id).info.experiment_id
+    run_ids = [t.user_attrs[keys.RUN_ID] for t in trials]
+    link = ui.ui_links(mlflow_server, experiment_id, run_ids, parent_run_id)["compare"]
+    metrics = {"roc_auc", "predict_ms", "model_bytes", "feasible"}
+    screenshot = ARTIFACTS / "parallel-coordinates-constrained.png"
+    drawn = plotted_dimensions(browser, link, {"max_depth"}, metrics, screenshot)
+    assert set(drawn) == metrics | {"max_depth"}
+    assert all(len(values) == len(trials) for values in drawn.values())
+    assert drawn["feasible"] == feasible  # exactly 1.0 or 0.0, line by line
+    assert drawn["max_depth"] == [t.params["max_depth"] for t in trials]
+    assert drawn["model_bytes"] == [t.user_attrs[keys.MODEL_BYTES] for t in trials]
+    assert drawn["predict_ms"] == pytest.approx([t.user_attrs[keys.PREDICT_MS] for t in trials])
+    assert drawn["roc_auc"] == pytest.approx([t.value for t in trials])
