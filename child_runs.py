@@ -48,7 +48,8 @@ class TrialRecord:
 def trial_record(trial: FrozenTrial, config: SweepConfig, study_name: str, parent_run_id: str) -> TrialRecord:
     """The child run of a finished (or running) FrozenTrial: exactly the declared params, inactive
     ones as a placeholder; the metric's curve and CV mean; whether it kept within the constraints
-    (`feasible`, 1 or 0: it colours the lines of the parallel-coordinates view); never a NaN."""
+    (`feasible`, 1 or 0: an axis of the parallel-coordinates view, which colours the lines by
+    the metric chosen last); never a NaN."""
     state = trial.state.name
     attrs = trial.user_attrs
     metric = config.metric

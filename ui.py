@@ -84,9 +84,13 @@ def _check_store_exists(uri: str) -> None:
 
 
 def completed_best_first(study: Study) -> list:
-    """The completed trials within the constraints, best metric first."""
+    """The completed trials, those within the constraints first (the compare page shows the ones
+    past a limit too: its `feasible` axis tells them apart), each part best metric first."""
+    from optuna.trial import TrialState
+
     sign = -1 if studies.maximizes(study) else 1
-    return sorted(studies.feasible_trials(study), key=lambda t: (sign * t.values[0], t.number))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (not studies.feasible(t), sign * t.values[0], t.number))
 
 
 def study_runs(study: Study, tracking_uri: str, top: int) -> tuple[str, list[str]]:
