@@ -72,7 +72,8 @@ def test_a_constrained_sweep_exports_and_promotes_the_best_trial_within_its_limi
     expected = max(within, key=lambda n: free[n][0])
 
     # the same seed and sampler draw the same trials; each model's pickle is the same size again
-    code, out, err = sweep(capsys, tmp_path, stores, "limited", extra=f"constraints: {{model_bytes: {{max: {limit}}}}}\n")
+    limited = f"constraints: {{model_bytes: {{max: {limit}}}}}\n"
+    code, out, err = sweep(capsys, tmp_path, stores, "limited", extra=limited)
     assert code == 0, err
     assert f"{len(within)} of 8 completed trials kept within the constraints (model_bytes <= {limit})." in err
     assert f"best trial {expected}: roc_auc {free[expected][0]:.4f}" in err
@@ -98,7 +99,7 @@ def test_a_constrained_sweep_exports_and_promotes_the_best_trial_within_its_limi
                                       " (metric: [<scorer>, predict_ms or model_bytes]).")
 
     # the exported params rebuild an estimator that meets the limit when measured again
-    prepared = lifecycle.prepare(space(tmp_path, "limited", extra=f"constraints: {{model_bytes: {{max: {limit}}}}}\n"))
+    prepared = lifecycle.prepare(space(tmp_path, "limited", extra=limited))
     data = prepared.dataset
     fold = prepare_folds(prepared.config, data.X_train, data.y_train, data.preprocessor)[0]
     model = estimator_class("GradientBoostingClassifier")(**exported["params"]).fit(fold.X_train, fold.y_train)
