@@ -152,7 +152,8 @@ def test_trials_json_equals_the_study_trials(finished, stores, capsys):
     assert code == 0
     assert json.loads(out) == [
         {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-         "duration_s": t.duration.total_seconds(), "run_id": t.user_attrs["mlflow_run_id"]}
+         "predict_ms": t.user_attrs["sweep.predict_ms"], "model_bytes": t.user_attrs["sweep.model_bytes"],
+         "feasible": None, "duration_s": t.duration.total_seconds(), "run_id": t.user_attrs["mlflow_run_id"]}
         for t in finished.trials]
 
 
@@ -178,7 +179,7 @@ def test_trials_table_is_aligned_with_one_line_per_trial(finished, stores, capsy
     assert code == 0
     header, *lines = out.rstrip("\n").split("\n")
     assert header.split() == ["number", "state", "value", "learning_rate", "max_depth", "max_features",
-                              "duration_s", "run_id"]
+                              "predict_ms", "model_bytes", "duration_s", "run_id"]
     assert len(lines) == len(finished.trials)
     by_number = {t.number: t for t in finished.trials}
     durations = []
