@@ -324,7 +324,7 @@ def sweep_main(spec: dict) -> dict:
     sampler = TimedSampler(None)
     make_sampler = getattr(studies, "make_sampler", None)
     if make_sampler is not None:
-        studies.make_sampler = lambda config: sampler.wrap(make_sampler(config))
+        studies.make_sampler = lambda config, seed=None: sampler.wrap(make_sampler(config, seed))
     for name, found in (("runner._link_run", link), ("studies.make_sampler", make_sampler)):
         if found is None:
             print(f"bench: {name} is gone from the sweep code: that timer is skipped", file=sys.stderr)

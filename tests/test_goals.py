@@ -98,6 +98,14 @@ def test_a_constrained_sweep_exports_and_promotes_the_best_trial_within_its_limi
     assert (code, err.strip()) == (2, "sweep: --pareto: study 'limited' has one objective; a front needs two"
                                       " (metric: [<scorer>, predict_ms or model_bytes]).")
 
+    # a new study with the limit, started from the free one: its trials are judged by their numbers
+    code, out, err = sweep(capsys, tmp_path, stores, "carried", "--from", "free", extra=limited)
+    assert code == 0, err
+    assert "8 trials carried over from 'free', 0 ran now, 8 of 8 counted." in err
+    assert json.loads(out)["trial"] == expected
+    assert {n: r.data.metrics["feasible"] for n, r in child_runs(stores, "carried").items()} \
+        == {n: float(n in within) for n in free}
+
     # the exported params rebuild an estimator that meets the limit when measured again
     prepared = lifecycle.prepare(space(tmp_path, "limited", extra=limited))
     data = prepared.dataset

@@ -125,7 +125,9 @@ def test_parent_run_holds_the_best_params_and_the_sweep_artifacts(shared, tmp_pa
     assert {"search_space.yaml", "best_params.json", "best_params.yaml", "trials.csv"} <= names
     path = client.download_artifacts(parent.info.run_id, "best_params.json", str(tmp_path))
     best = json.loads(open(path).read())
+    measured = study.best_trial.user_attrs
     assert best == {"study": "small", "trial": study.best_trial.number, "value": study.best_value,
+                    "predict_ms": measured["sweep.predict_ms"], "model_bytes": measured["sweep.model_bytes"],
                     "params": {"n_estimators": 8, "random_state": 0, **study.best_params}}
     assert json.loads(shared["out"]) == best
     # 4 trials are too few for range advice: none said, and the artifact says there is none
@@ -163,7 +165,9 @@ def test_best_exports_the_study_best_params_plus_fixed(shared, capsys, tmp_path)
                            "--format", "yaml", "--output", str(target))
     assert code == 0 and out == ""
     exported = yaml.safe_load(target.read_text())
+    measured = study.best_trial.user_attrs
     assert exported == {"study": "small", "trial": study.best_trial.number, "value": study.best_value,
+                        "predict_ms": measured["sweep.predict_ms"], "model_bytes": measured["sweep.model_bytes"],
                         "params": expected}
     from sklearn.ensemble import GradientBoostingClassifier
 
