@@ -62,9 +62,8 @@ class BestRefit:
 
     def consider(self, agent: Agent, trial: FrozenTrial) -> None:
         """A trial ended (the recorder's hook): refit it when it is the best this recorder has seen."""
-        score = studies.score(trial)
-        if not self.ahead or trial.state.name != "COMPLETE" or score is None or not studies.feasible(trial) \
-                or (self._best is not None and score <= self._best):
+        score = studies.candidate(trial)
+        if not self.ahead or score is None or (self._best is not None and score <= self._best):
             return
         self._best = score
         with self._lock:

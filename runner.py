@@ -178,9 +178,8 @@ class TrialCounter:
                 continue
             self._unfinished.discard(number)
             self._counted += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            score = studies.score(trial)
-            if trial.state == TrialState.COMPLETE and score is not None and studies.feasible(trial) \
-                    and (self._best is None or score > self._best):
+            score = studies.candidate(trial)
+            if score is not None and (self._best is None or score > self._best):
                 self._best = score
         self._seen = len(trials)
         return Count(self._counted, len(self._running), self._best)

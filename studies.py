@@ -216,9 +216,7 @@ def join(study: Study, config: SweepConfig) -> Study:
     """A loaded study with the sweep's own sampler and pruner (Optuna's load_study gives its
     defaults): a worker samples as `sweep run` does, with a seed of its own, since two workers
     on one seed would draw the same start-up points."""
-    import zlib
-
-    study.sampler = make_sampler(config, seed=(config.seed + zlib.crc32(os.urandom(8))) % 2**32)
+    study.sampler = make_sampler(config, seed=(config.seed + int.from_bytes(os.urandom(4), "little")) % 2**32)
     study.pruner = make_pruner(config)
     return study
 
@@ -351,9 +349,14 @@ def feasible(trial: FrozenTrial) -> bool:
     return all(value <= 0 for value in trial.constraints.values())
 
 
+def candidate(trial: FrozenTrial) -> float | None:
+    """The trial's metric when it may be the best trial: completed and within the constraints."""
+    return score(trial) if trial.state.name == "COMPLETE" and feasible(trial) else None
+
+
 def feasible_trials(study: Study) -> list[FrozenTrial]:
     """The completed trials within the constraints (all of them in a study without any)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(_complete(),)) if feasible(t)]
+    return [t for t in study.get_trials(deepcopy=False, states=(_complete(),)) if candidate(t) is not None]
 
 
 def pareto_front(study: Study) -> list[FrozenTrial]:
@@ -386,8 +389,8 @@ def best_so_far(study: Study) -> list[tuple[int, float]]:
     raised it (the study maximizes the metric)."""
     best, history = None, []
     for trial in study.get_trials(deepcopy=False, states=(_complete(),)):
-        value = score(trial)
-        if value is not None and feasible(trial) and (best is None or value > best):
+        value = candidate(trial)
+        if value is not None and (best is None or value > best):
             best = value
             history.append((trial.number, float(value)))
     return history
