@@ -28,7 +28,7 @@ import keys
 import studies
 from child_runs import RunState, TrialRecord, ms, run_tags, trial_record, with_retries, write_record
 from errors import ConfigError, SweepFailed, first_line, mask_uri
-from tracking import use_quick_client_settings
+from tracking import create_sqlite_store_whole, use_quick_client_settings
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
@@ -213,6 +213,7 @@ class Agent:
 
         use_quick_client_settings()
         try:
+            create_sqlite_store_whole(self.uri)
             self.client = MlflowClient(self.uri)
             self.client.search_experiments(max_results=1)
         except Exception as error:  # MLflow wraps network and database errors in many types

@@ -57,6 +57,45 @@ def local_path(uri: str) -> str:
     return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
 
 
+def create_sqlite_store_whole(uri: str) -> None:
+    """Make a new `sqlite:` store's file whole before it appears under its name.
+
+    MLflow creates a new SQLite store in some forty migrations that SQLite does not run as one
+    transaction; a process killed midway (make chaos killed a recorder there) left a file that every
+    later open refused ('table _alembic_tmp_jobs already exists'). So the tables are made in a side
+    file, linked in place only once complete; when another process linked its own first, ours is
+    dropped. MLflow itself adds the Default experiment at the first open, as for any new store."""
+    path = local_path(uri)
+    if not path or os.path.exists(path):
+        return
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow's store runs on a new database
+
+    _drop_dead_side_files(path)
+    side = f"{path}.new-{os.getpid()}"
+    engine = sqlalchemy.create_engine(f"sqlite:///{side}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    try:
+        os.link(side, path)  # unlike a rename, never replaces a store another process made meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(side)
+
+
+def _drop_dead_side_files(path: str) -> None:
+    """Side files (and their SQLite journals) of creators that were killed; a SQLite store lives on
+    one machine's disk, so the pid tells."""
+    prefix = f"{Path(path).name}.new-"
+    for side in Path(path).parent.glob(f"{prefix}*"):
+        pid = side.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            side.unlink(missing_ok=True)
+
+
 def _server_answers(uri: str, experiment: str) -> bool:
     """One quick request to the REST API (MLflow's own client would retry an absent server for
     minutes); False when the answer is not a clear yes or no (TLS set-ups: MLflow's client decides)."""
@@ -119,6 +158,12 @@ def _sqlite_usable(path: Path, uri: str) -> bool:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error:
         return False  # MLflow says what is wrong with it
+    cut_off = sorted(name for name in tables if name.startswith("_alembic_tmp_"))
+    if cut_off:  # MLflow would fail on it at every open, long after the trials started
+        raise ConfigError([f"tracking URI {mask_uri(uri)}: cannot be used: a migration of its tables was cut off"
+                           f" midway (it left the table {cut_off[0]}); restore the file from a backup, or move"
+                           " it away and run the same command: a new store is made and every trial is logged"
+                           " to it again."])
     return {"experiments", "runs", "alembic_version"} <= tables
 
 
@@ -135,6 +180,7 @@ class Tracker:
         from mlflow import MlflowClient
 
         use_quick_client_settings()
+        create_sqlite_store_whole(tracking_uri)
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 

@@ -169,6 +169,56 @@ def test_the_recorder_of_a_sweep_killed_at_its_start_creates_no_parent_run(tmp_p
     assert resumed.returncode == 0, err
     assert_nothing_lost(stores, n_trials=6)  # one parent run
 
+def test_a_recorder_killed_while_mlflow_creates_a_new_store_leaves_nothing_unusable(tmp_path, stores):
+    # make chaos found it: MLflow creates a new SQLite store in migrations that are not one
+    # transaction, and a recorder killed midway left an mlflow.db that every later command refused
+    # ('table _alembic_tmp_jobs already exists'). The tables are made in a side file, named by the
+    # creator's pid, that takes the store's name only once it is whole.
+    process = start_sweep(tmp_path, stores)
+    deadline = time.monotonic() + 120
+    while not (side := list(tmp_path.glob("mlflow.db.new-*"))):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    os.kill(int(side[0].name.split("-")[1]), signal.SIGKILL)  # its creator: the recorder
+    assert not (tmp_path / "mlflow.db").exists()
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and "run the same command again" in err and "Traceback" not in err, err
+
+    resumed = start_sweep(tmp_path, stores)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert_nothing_lost(stores, n_trials=6)
+    client = MlflowClient(stores["tracking_uri"])
+    versions = client.search_model_versions("name='crash'")
+    assert [v.version for v in versions] == [client.get_model_version_by_alias("crash", "champion").version]
+    assert not list(tmp_path.glob("mlflow.db.new-*")), "the killed creator's side file is cleared away"
+
+
+def test_a_store_a_cut_off_migration_left_is_refused_before_anything_starts(tmp_path, stores):
+    # The state such a kill left before (an older sweep, or MLflow's own tools, can still leave it).
+    import sqlite3
+
+    start_sweep(tmp_path, stores).communicate(timeout=300)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # as the cut-off batch migration of 'jobs' left it
+        db.execute("CREATE TABLE _alembic_tmp_jobs (id VARCHAR(36) NOT NULL)")
+    config = small_space(tmp_path, study="crash", text=SLOW_SPACE.replace("n_trials: 6", "n_trials: 8"))
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
+         "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"sweep: tracking URI {stores['tracking_uri']}: cannot be used: a migration of its tables was cut off"
+        " midway (it left the table _alembic_tmp_jobs); restore the file from a backup, or move it away and"
+        " run the same command: a new store is made and every trial is logged to it again."]
+    assert len(trials(stores)) == 6, "no trial was started"
+
+    (tmp_path / "mlflow.db").rename(tmp_path / "cut-off.db")  # what the line says to do
+    again = start_sweep(tmp_path, stores)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert_nothing_lost(stores, n_trials=6)  # every trial logged to the new store
+
 
 def _running(pid: int) -> bool:
     try:
