@@ -60,7 +60,7 @@ def local_path(uri: str) -> str:
 def create_sqlite_store_whole(uri: str) -> None:
     """Make a new `sqlite:` store's file whole before it appears under its name.
 
-    MLflow creates a new SQLite store in some forty migrations that SQLite does not run as one
+    MLflow creates a new SQLite store in 68 migrations (3.17) that SQLite does not run as one
     transaction; a process killed midway (make chaos killed a recorder there) left a file that every
     later open refused ('table _alembic_tmp_jobs already exists'). So the tables are made in a side
     file, linked in place only once complete; when another process linked its own first, ours is
@@ -69,21 +69,24 @@ def create_sqlite_store_whole(uri: str) -> None:
     if not path or os.path.exists(path):
         return
     import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables  # what MLflow's store runs on a new database
+
+    try:  # what MLflow's own store runs on a new database; a private name, so an MLflow that moved it
+        from mlflow.store.db.utils import _initialize_tables  # creates its store in place, as before
+    except ImportError:
+        return
 
     _drop_dead_side_files(path)
     side = f"{path}.new-{os.getpid()}"
     engine = sqlalchemy.create_engine(f"sqlite:///{side}")
     try:
         _initialize_tables(engine)
-    finally:
         engine.dispose()
-    try:
         os.link(side, path)  # unlike a rename, never replaces a store another process made meanwhile
     except FileExistsError:
         pass
     finally:
-        os.unlink(side)
+        engine.dispose()
+        Path(side).unlink(missing_ok=True)  # also when the tables could not be made (a full disk)
 
 
 def _drop_dead_side_files(path: str) -> None:
