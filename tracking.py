@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,31 +64,59 @@ def create_sqlite_store_whole(uri: str) -> None:
 
     MLflow creates a new SQLite store in 68 migrations (3.17) that SQLite does not run as one
     transaction; a process killed midway (make chaos killed a recorder there) left a file that every
-    later open refused ('table _alembic_tmp_jobs already exists'). So the tables are made in a side
-    file, linked in place only once complete; when another process linked its own first, ours is
-    dropped. MLflow itself adds the Default experiment at the first open, as for any new store."""
+    later open refused ('table _alembic_tmp_jobs already exists'). So the file is made under a side
+    name and linked in place only once complete; when another process linked its own first, ours is
+    dropped. It is a copy of an empty store migrated once per MLflow version (the migrations take
+    1.4 s, which trial 0 waited for), else migrated here. MLflow adds the Default experiment at the
+    first open, as for any new store."""
     path = local_path(uri)
     if not path or os.path.exists(path):
         return
-    import sqlalchemy
-
     try:  # what MLflow's own store runs on a new database; a private name, so an MLflow that moved it
         from mlflow.store.db.utils import _initialize_tables  # creates its store in place, as before
     except ImportError:
         return
 
+    def migrate(side: str) -> None:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(f"sqlite:///{side}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+
+    template = _empty_store_template(migrate)
+    _make_whole(path, (lambda side: shutil.copyfile(template, side)) if template else migrate)
+
+
+def _empty_store_template(migrate: Callable[[str], None]) -> str:
+    """The cached empty store of this MLflow version, made on first use; '' when there is no
+    writable cache folder."""
+    from mlflow.version import VERSION
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweep"
+    template = folder / f"mlflow-{VERSION}.db"
+    try:
+        if not template.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            _make_whole(str(template), migrate)
+    except OSError:
+        return ""
+    return str(template)
+
+
+def _make_whole(path: str, make: Callable[[str], object]) -> None:
+    """Make the file `path` under a side name and link it in place once `make` has finished."""
     _drop_dead_side_files(path)
     side = f"{path}.new-{os.getpid()}"
-    engine = sqlalchemy.create_engine(f"sqlite:///{side}")
     try:
-        _initialize_tables(engine)
-        engine.dispose()
-        os.link(side, path)  # unlike a rename, never replaces a store another process made meanwhile
+        make(side)
+        os.link(side, path)  # unlike a rename, never replaces a file another process made meanwhile
     except FileExistsError:
         pass
     finally:
-        engine.dispose()
-        Path(side).unlink(missing_ok=True)  # also when the tables could not be made (a full disk)
+        Path(side).unlink(missing_ok=True)  # also when it could not be made (a full disk)
 
 
 def _drop_dead_side_files(path: str) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -169,18 +170,21 @@ def test_the_recorder_of_a_sweep_killed_at_its_start_creates_no_parent_run(tmp_p
     assert resumed.returncode == 0, err
     assert_nothing_lost(stores, n_trials=6)  # one parent run
 
-def test_a_recorder_killed_while_mlflow_creates_a_new_store_leaves_nothing_unusable(tmp_path, stores):
+def test_a_recorder_killed_while_mlflow_creates_a_new_store_leaves_nothing_unusable(tmp_path, stores, monkeypatch):
     # make chaos found it: MLflow creates a new SQLite store in migrations that are not one
     # transaction, and a recorder killed midway left an mlflow.db that every later command refused
-    # ('table _alembic_tmp_jobs already exists'). The tables are made in a side file, named by the
-    # creator's pid, that takes the store's name only once it is whole.
+    # ('table _alembic_tmp_jobs already exists'). The migrations run once per MLflow version, on an
+    # empty store in the cache folder, made under a side name (the creator's pid) and linked in
+    # place only once whole; a new store is a copy of it, made the same way.
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # no template yet: this sweep migrates one
     process = start_sweep(tmp_path, stores)
     deadline = time.monotonic() + 120
-    while not (side := list(tmp_path.glob("mlflow.db.new-*"))):
+    while not (side := list(cache.glob("sweep/mlflow-*.db.new-*"))):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
-    os.kill(int(side[0].name.split("-")[1]), signal.SIGKILL)  # its creator: the recorder
-    assert not (tmp_path / "mlflow.db").exists()
+    os.kill(int(side[0].name.split(".new-")[1].split("-")[0]), signal.SIGKILL)  # its creator: the recorder
+    assert not (tmp_path / "mlflow.db").exists() and not list(cache.glob("sweep/mlflow-*.db"))
     _, err = process.communicate(timeout=300)
     assert process.returncode == 1 and "run the same command again" in err and "Traceback" not in err, err
 
@@ -191,7 +195,9 @@ def test_a_recorder_killed_while_mlflow_creates_a_new_store_leaves_nothing_unusa
     client = MlflowClient(stores["tracking_uri"])
     versions = client.search_model_versions("name='crash'")
     assert [v.version for v in versions] == [client.get_model_version_by_alias("crash", "champion").version]
-    assert not list(tmp_path.glob("mlflow.db.new-*")), "the killed creator's side file is cleared away"
+    assert [p.name for p in (cache / "sweep").iterdir()] == [f"mlflow-{mlflow.__version__}.db"], \
+        "the killed creator's side file is cleared away"
+    assert not list(tmp_path.glob("mlflow.db.new-*"))
 
 
 def test_a_store_a_cut_off_migration_left_is_refused_before_anything_starts(tmp_path, stores):

@@ -417,3 +417,25 @@ def test_the_best_trial_so_far_is_refitted_ahead_and_handed_over(tmp_path: Path)
     assert 0.5 < holdout <= 1.0
     other, _ = refit.model(4, {"learning_rate": 0.3, "max_depth": 1})  # a trial another worker ran
     assert other is not model and other.get_params()["max_depth"] == 1
+
+
+def test_a_new_sqlite_store_is_a_copy_of_the_cached_empty_one_and_opens_as_made_here(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch):
+    import tracking
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for folder in ("a", "b"):  # a: the template is migrated; b: only copied
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        uri = f"sqlite:///{tmp_path / folder}/mlflow.db"  # MLflow keeps one store per URI in a process
+        tracking.create_sqlite_store_whole(uri)
+        client = MlflowClient(uri)
+        run = client.create_run(client.create_experiment("e"))
+        client.log_param(run.info.run_id, "p", "1")
+        # The Default experiment is MLflow's, made at the first open: its artifacts go where this
+        # store's would, not where the template was made.
+        assert client.get_experiment("0").artifact_location == str(tmp_path / folder / "mlruns" / "0")
+        assert [r.data.params for r in client.search_runs(["0", run.info.experiment_id])] == [{"p": "1"}]
+    assert [p.name for p in (tmp_path / "cache" / "sweep").iterdir()] == [
+        f"mlflow-{__import__('mlflow').__version__}.db"]
+    assert sorted(p.name for p in tmp_path.glob("*/mlflow.db*")) == ["mlflow.db", "mlflow.db"]
