@@ -95,13 +95,13 @@ def _empty_store_template(migrate: Callable[[str], None]) -> str:
     writable cache folder."""
     from mlflow.version import VERSION
 
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweep"
-    template = folder / f"mlflow-{VERSION}.db"
     try:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweep"
+        template = folder / f"mlflow-{VERSION}.db"
         if not template.exists():
             folder.mkdir(parents=True, exist_ok=True)
             _make_whole(str(template), migrate)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home folder (a container's user without one)
         return ""
     return str(template)
 

@@ -439,3 +439,15 @@ def test_a_new_sqlite_store_is_a_copy_of_the_cached_empty_one_and_opens_as_made_
     assert [p.name for p in (tmp_path / "cache" / "sweep").iterdir()] == [
         f"mlflow-{__import__('mlflow').__version__}.db"]
     assert sorted(p.name for p in tmp_path.glob("*/mlflow.db*")) == ["mlflow.db", "mlflow.db"]
+
+
+def test_without_a_writable_cache_folder_a_new_sqlite_store_is_migrated_in_place(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    import tracking
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking.create_sqlite_store_whole(uri)
+    assert MlflowClient(uri).get_experiment("0").name == "Default"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "not-a-folder"]
