@@ -36,8 +36,11 @@ params:
 """
 
 
-def start_sweep(tmp_path: Path, stores: dict, *extra: str) -> subprocess.Popen:
-    config = small_space(tmp_path, study="crash", text=SLOW_SPACE)
+QUICK_SPACE = SLOW_SPACE.replace("n_estimators: 150", "n_estimators: 10")  # where no trial must be caught mid-fit
+
+
+def start_sweep(tmp_path: Path, stores: dict, *extra: str, text: str = SLOW_SPACE) -> subprocess.Popen:
+    config = small_space(tmp_path, study="crash", text=text)
     return subprocess.Popen(
         [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
          "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"], *extra],
@@ -178,7 +181,7 @@ def test_a_recorder_killed_while_mlflow_creates_a_new_store_leaves_nothing_unusa
     # place only once whole; a new store is a copy of it, made the same way.
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # no template yet: this sweep migrates one
-    process = start_sweep(tmp_path, stores)
+    process = start_sweep(tmp_path, stores, text=QUICK_SPACE)
     deadline = time.monotonic() + 120
     while not (side := list(cache.glob("sweep/mlflow-*.db.new-*"))):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -188,7 +191,7 @@ def test_a_recorder_killed_while_mlflow_creates_a_new_store_leaves_nothing_unusa
     _, err = process.communicate(timeout=300)
     assert process.returncode == 1 and "run the same command again" in err and "Traceback" not in err, err
 
-    resumed = start_sweep(tmp_path, stores)
+    resumed = start_sweep(tmp_path, stores, text=QUICK_SPACE)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert_nothing_lost(stores, n_trials=6)
@@ -204,10 +207,10 @@ def test_a_store_a_cut_off_migration_left_is_refused_before_anything_starts(tmp_
     # The state such a kill left before (an older sweep, or MLflow's own tools, can still leave it).
     import sqlite3
 
-    start_sweep(tmp_path, stores).communicate(timeout=300)
+    start_sweep(tmp_path, stores, text=QUICK_SPACE).communicate(timeout=300)
     with sqlite3.connect(tmp_path / "mlflow.db") as db:  # as the cut-off batch migration of 'jobs' left it
         db.execute("CREATE TABLE _alembic_tmp_jobs (id VARCHAR(36) NOT NULL)")
-    config = small_space(tmp_path, study="crash", text=SLOW_SPACE.replace("n_trials: 6", "n_trials: 8"))
+    config = small_space(tmp_path, study="crash", text=QUICK_SPACE.replace("n_trials: 6", "n_trials: 8"))
     refused = subprocess.run(
         [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
          "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]],
@@ -220,7 +223,7 @@ def test_a_store_a_cut_off_migration_left_is_refused_before_anything_starts(tmp_
     assert len(trials(stores)) == 6, "no trial was started"
 
     (tmp_path / "mlflow.db").rename(tmp_path / "cut-off.db")  # what the line says to do
-    again = start_sweep(tmp_path, stores)
+    again = start_sweep(tmp_path, stores, text=QUICK_SPACE)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert_nothing_lost(stores, n_trials=6)  # every trial logged to the new store
