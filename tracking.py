@@ -112,11 +112,19 @@ def _make_whole(path: str, make: Callable[[str], object]) -> None:
     side = f"{path}.new-{os.getpid()}"
     try:
         make(side)
-        os.link(side, path)  # unlike a rename, never replaces a file another process made meanwhile
-    except FileExistsError:
-        pass
+        _put_in_place(side, path)
     finally:
         Path(side).unlink(missing_ok=True)  # also when it could not be made (a full disk)
+
+
+def _put_in_place(side: str, path: str) -> None:
+    try:
+        os.link(side, path)  # unlike a rename, never replaces a file another process made meanwhile
+    except FileExistsError:
+        pass  # that process's file is used
+    except OSError:  # a file system without hard links: a rename, unless the file appeared meanwhile
+        if not os.path.exists(path):
+            os.rename(side, path)
 
 
 def _drop_dead_side_files(path: str) -> None:
