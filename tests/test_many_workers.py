@@ -95,8 +95,9 @@ def test_a_worker_killed_mid_trial_is_replaced_and_nothing_is_lost(tmp_path, pg_
             running = load(storage).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         except KeyError:
             continue
-        victim = next((t for t in running  # one of the worker's trials, fitting (its params drawn)
-                       if f":{worker.pid}:" in t.user_attrs.get("sweep.worker", "") and t.params), None)
+        victim = next((t for t in running  # one of the worker's trials, fitting (both its params drawn)
+                       if f":{worker.pid}:" in t.user_attrs.get("sweep.worker", "")
+                       and set(t.params) == {"learning_rate", "max_depth"}), None)
     assert victim is not None, "the worker never ran a trial"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
