@@ -11,13 +11,12 @@ keeps the value the old trial ran with.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import keys
 import studies
 from errors import ConfigError, mask_uri
-from params import Param, estimator_class, is_active
+from params import estimator_class, holds, is_active, same_value
 from search_space import MEASURED
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ def differences(old: SweepConfig, old_digest: str | None, new: SweepConfig, new_
         if name in searched:
             continue  # moved between fixed and params: decided trial by trial
         then, now = _fixed_value(old, name), _fixed_value(new, name)
-        if not _same(then, now):
+        if not same_value(then, now):
             problems.append(f"fixed.{name}: is {now!r} here but was {then!r} in {where}; its trials"
                             " scored something else.")
     return problems
@@ -96,12 +95,12 @@ def rebuild(trial: FrozenTrial, old: SweepConfig, new: SweepConfig, old_name: st
         if not is_active(param, params):
             continue  # not sampled by the new space: checked with the unsampled params below
         value = ran_with.get(param.name)
-        if not fits(value, param):
+        if not holds(param, value):
             return None
         params[param.name], distributions[param.name] = value, param.distribution
     would_run_with = {**_defaults(new.estimator), **new.fixed}
     for name in set(ran_with) - set(params):
-        if not _same(ran_with[name], would_run_with.get(name, ran_with[name])):
+        if not same_value(ran_with[name], would_run_with.get(name, ran_with[name])):
             return None
     goals = _goals(trial, new)
     if goals is None:
@@ -133,22 +132,6 @@ def _goals(trial: FrozenTrial, new: SweepConfig) -> tuple[list[float] | None, di
     return None if constraints is None else (values, constraints)
 
 
-def fits(value: Any, param: Param) -> bool:
-    """Whether the new space could have sampled this value: in range and on the step, or a choice."""
-    d = param.distribution
-    choices = getattr(d, "choices", None)
-    if choices is not None:
-        return any(_same(value, choice) for choice in choices)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    if type(d).__name__ == "IntDistribution" and value != int(value):
-        return False
-    if not d.low <= value <= d.high:
-        return False
-    steps = (value - d.low) / d.step if d.step else 0.0
-    return math.isclose(steps, round(steps), abs_tol=1e-9)
-
-
 def carry(study: Study, planned: tuple[FrozenTrial, ...]) -> None:
     """Add the planned trials the study lacks (so a crash halfway is mended by the next run)."""
     have = {t.user_attrs.get(keys.FROM_TRIAL) for t in study.get_trials(deepcopy=False)}
@@ -170,11 +153,3 @@ def _fixed_value(config: SweepConfig, name: str) -> Any:
 
 def _defaults(estimator: str) -> dict[str, Any]:
     return estimator_class(estimator)().get_params()
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as the estimator sees them: 100 and 100.0 are; True and 1 are not."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return a == b
-

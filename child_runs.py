@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_TAG_LENGTH = 5000
 # a trial's own numbers, logged as child-run metrics (axes of the parallel-coordinates plot)
-TRIAL_METRICS = (("fit_time_s", keys.FIT_TIME_S), ("predict_ms", keys.PREDICT_MS), ("model_bytes", keys.MODEL_BYTES))
+TRIAL_METRICS = (("fit_time_s", keys.FIT_TIME_S), ("trees", keys.TREES), ("predict_ms", keys.PREDICT_MS),
+                 ("model_bytes", keys.MODEL_BYTES))
 FEASIBLE = "feasible"  # a metric: 1 when the trial kept within every constraint, else 0
 RETRIES = 4  # attempts per write, 0.5 s, 2 s and 8 s apart
 

@@ -17,6 +17,7 @@ N_TRIALS = "sweep.n_trials"  # also a tag of the parent run
 PARENT_RUN_ID = "sweep.parent_run_id"
 PARENT_RUN_KEY = "sweep.parent_run_key"  # also a tag of the parent run: found by it when the id was not linked
 PROMOTED_TRIAL = "sweep.promoted_trial"
+PLATEAU = "sweep.plateau"  # the counted trials when the study stopped at a plateau (no gain in `patience`)
 FROM_STUDY = "sweep.from_study"  # the study it continued from (also on a carried trial and its run)
 
 # ---- a trial's user attrs
@@ -29,6 +30,9 @@ MODEL_BYTES = "sweep.model_bytes"  # the first fold's model, pickled; also a mod
 SCORE_STD = "sweep.score_std"
 RETRY_OF = "sweep.retry_of"
 FROM_TRIAL = "sweep.from_trial"  # a carried trial's number in the study it came from (also a run tag)
+TREES = "sweep.trees"  # trees (boosting iterations) its folds' models grew, mean per fold
+TREES_ASKED = "sweep.trees_asked"  # what its params asked for: the rest was saved by early stops and pruning
+CHEAP_START = "sweep.cheap_start"  # the enqueued first trial: the estimator's defaults (studies.start_cheap)
 RUN_ID = "mlflow_run_id"  # the trial's child run
 
 # ---- MLflow run tags (and model version tags)

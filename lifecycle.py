@@ -28,7 +28,7 @@ import studies
 import tracking
 from errors import ConfigError, DiskFull, SweepFailed, guard, say
 from jobs import Prepared
-from objective import check_metric, prepare_folds
+from objective import check_metric, fold_threads, prepare_folds
 from recorder import TrialRecorder
 from tracking import Tracker
 
@@ -100,18 +100,18 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     config = search_space.load(config_path, overrides=overrides)
     data = dataset.load(config.data, config.is_classifier, config.cv, config.seed)
     check_metric(config, data.y_train)
-    return Prepared(config, data)
+    return Prepared(search_space.with_early_stop(config, len(data.X_train)), data)
 
 
 def prepare_from_study(study: Study, local_config: Path | None) -> Prepared:
     """The study's own space and data; a worker whose local file or data differs is refused."""
     config = studies.study_config(study)
+    data = dataset.load(config.data, config.is_classifier, config.cv, config.seed)
     if local_config is not None:
         local = search_space.load(local_config, overrides={"study_name": study.study_name})
-        if local.space_sha256() != config.space_sha256():
+        if search_space.with_early_stop(local, len(data.X_train)).space_sha256() != config.space_sha256():
             raise ConfigError([f"{local_config}: differs from the search space of study"
                                f" {study.study_name!r}; a worker samples the study's own space."])
-    data = dataset.load(config.data, config.is_classifier, config.cv, config.seed)
     studies.check_same_sweep(study, config, data.digest)
     return Prepared(config, data)
 
@@ -126,8 +126,7 @@ def run(prepared: Prepared, options: Options) -> Outcome:
     runner.limit_threads(options.threads)
     # The recorder and the workers fork now, with the data loaded and nothing opened yet: no
     # import or load again, and no database connection shared across processes.
-    # Refitting ahead takes a core: only where the workers leave one free.
-    refit = jobs.BestRefit(prepared, ahead=options.n_jobs < (os.cpu_count() or 1))
+    refit = jobs.BestRefit(prepared, ahead=_leaves_a_core(prepared, options))
     with interrupts():  # from the first fork on: a SIGTERM while starting must not orphan a worker
         recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config,
                                  jobs.for_sweep(prepared, refit), on_trial_end=refit.consider)
@@ -141,6 +140,20 @@ def run(prepared: Prepared, options: Options) -> Outcome:
             raise
         finally:
             recorder.stop()
+
+
+def _leaves_a_core(prepared: Prepared, options: Options) -> bool:
+    """Refitting the best ahead takes a core: only where the trials leave one free (a trial that
+    fits its folds in threads uses them all)."""
+    config, rows = prepared.config, len(prepared.dataset.X_train)
+    fold_rows = rows * (config.cv - 1) // config.cv
+    threads = fold_threads(config.estimator, config.cv, fold_rows, _cores(options))
+    return options.n_jobs * threads < (os.cpu_count() or 1)
+
+
+def _cores(options: Options) -> int:
+    """The cores one worker process may use: its --threads share, else the machine's."""
+    return options.threads or os.cpu_count() or 1
 
 
 def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
@@ -174,8 +187,11 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
         raise
     _close_runs(recorder, study)  # what it missed, finalize repairs
     before = f"{carried} trials carried over from {study.user_attrs[keys.FROM_STUDY]!r}, " if carried else ""
+    now = runner.count(study, config.min_delta)
     say(f"study {config.study_name!r}: {before}{ran} {'' if carried else 'trials '}ran now,"
-        f" {runner.count(study).counted} of {config.n_trials} counted.")
+        f" {now.counted} of {config.n_trials} counted.")
+    for line in _search_lines(config, now):
+        say(line)
     feasible = studies.feasible_trials(study)
     if config.constraints:
         completed = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
@@ -191,6 +207,18 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
     return Outcome(0, best)
 
 
+def _search_lines(config: search_space.SweepConfig, now: runner.Count) -> list[str]:
+    """What the search saved: the trees its early stops and pruning did not grow, and a plateau
+    that ended the study before its total."""
+    lines = []
+    if now.saved[1] > now.saved[0]:  # some trees were not grown
+        lines.append(f"early stops and pruning: {now.saved_text()}; {now.pruned} trials pruned.")
+    if now.plateaued(config.patience) and now.counted < config.n_trials:
+        lines.append(f"stopped at a plateau: the best has not risen by more than {config.min_delta:g} in the last"
+                     f" {now.since_gain} trials (plateau.patience is {config.patience}); the sweep ends here.")
+    return lines
+
+
 def _best_line(config: search_space.SweepConfig, best: dict) -> str:
     """`best trial 5: roc_auc 0.9918`, with its measured numbers when the sweep weighs them."""
     shown = [f"{config.metric} {best['value']:.4f}"]
@@ -204,14 +232,16 @@ def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, option
                wait_for_workers: bool = True) -> int:
     """Run trials here until the study has n_trials counted (a worker: until no slot is open)."""
     config, data = prepared.config, prepared.dataset
-    before = len(study.trials)
-    counted = runner.count(study).counted
-    if counted >= config.n_trials:
+    finished_before = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    counter = runner.TrialCounter(config.min_delta)
+    now = counter.count(study)
+    if now.counted >= config.n_trials or now.plateaued(config.patience):
         return 0
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
-    tally = runner.Tally(config.n_trials, config.max_failures)
-    objective = runner.TrialRunner(config, folds, recorder, runner.worker_id(), tally.counter)
-    progress = runner.Progress(config.study_name, config.n_trials, counted, options.quiet, options.log_format)
+    tally = runner.Tally(config.n_trials, config.max_failures, counter, config.patience)
+    threads = fold_threads(config.estimator, len(folds), len(folds[0].y_train), _cores(options))
+    objective = runner.TrialRunner(config, folds, recorder, runner.worker_id(), counter, threads)
+    progress = runner.Progress(config.study_name, config.n_trials, now.counted, options.quiet, options.log_format)
     try:
         if wait_for_workers:
             runner.run_until_done(study, objective, tally, progress, config.timeout)
@@ -219,8 +249,10 @@ def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, option
             runner.run_worker(study, objective, tally, progress, config.timeout)
     finally:
         progress.close()
-    # A surplus trial (a slot another worker filled first) never ran.
-    return sum(not studies.is_surplus(t) for t in study.get_trials(deepcopy=False)[before:])
+    # A surplus trial (a slot another worker filled first) never ran; a waiting one (the cheap start,
+    # enqueued with the study) is counted once it has run.
+    return sum(t.state.is_finished() and t.number not in finished_before and not studies.is_surplus(t)
+               for t in study.get_trials(deepcopy=False))
 
 
 def _forked_worker(options: Options, prepared: Prepared, recorder: TrialRecorder) -> None:

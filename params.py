@@ -303,6 +303,60 @@ def estimator_class(name: str) -> type:
     return getattr(ensemble, name)
 
 
+def size_param(estimator: str) -> str:
+    """The param that counts the ensemble's trees (boosting iterations)."""
+    return "max_iter" if estimator.startswith("Hist") else "n_estimators"
+
+
+# The estimator's own early stop (`early_stop: true`): 10% of each fit's rows are held out, and
+# the ensemble stops growing after 10 trees that do not improve its loss on them. The same
+# params go into the exported model, so the refit stops the same way.
+EARLY_STOP = {
+    "GradientBoosting": {"n_iter_no_change": 10, "validation_fraction": 0.1},
+    "HistGradientBoosting": {"early_stopping": True, "n_iter_no_change": 10, "validation_fraction": 0.1},
+}
+
+
+def early_stop_params(estimator: str) -> dict[str, Any]:
+    return dict(EARLY_STOP["HistGradientBoosting" if estimator.startswith("Hist") else "GradientBoosting"])
+
+
+def default_point(estimator: str, params: tuple[Param, ...]) -> dict[str, Any]:
+    """The estimator's own defaults, for the searched params whose range holds them (an active
+    conditional param only): the cheap, usually strong point a sweep starts from. Optuna samples
+    the params left out."""
+    defaults = estimator_class(estimator)().get_params()
+    point: dict[str, Any] = {}
+    for param in params:
+        value = defaults.get(param.name, _MISSING)
+        if is_active(param, point) and value is not _MISSING and holds(param, value):
+            point[param.name] = value
+    return point
+
+
+def holds(param: Param, value: Any) -> bool:
+    """Whether the param's distribution could sample this value: a choice, or in range and on the step."""
+    d = param.distribution
+    choices = getattr(d, "choices", None)
+    if choices is not None:
+        return any(same_value(value, choice) for choice in choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if type(d).__name__ == "IntDistribution" and value != int(value):
+        return False
+    if not d.low <= value <= d.high:
+        return False
+    steps = (value - d.low) / d.step if d.step else 0.0
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as the estimator sees them: 100 and 100.0 are; True and 1 are not."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
 def suggest(params: tuple[Param, ...], trial: Trial) -> dict[str, Any]:
     """Sample the active params of one trial, in file order (conditions look at earlier params)."""
     sampled: dict[str, Any] = {}

@@ -45,7 +45,7 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
     names = list(dict.fromkeys(name for row in rows for name in row["params"]))
-    measured = [c for c in (*MEASURED, "feasible") if any(row.get(c) is not None for row in rows)]
+    measured = [c for c in ("trees", *MEASURED, "feasible") if any(row.get(c) is not None for row in rows)]
     columns = ["number", "state", "value", *names, *measured, "duration_s", "run_id"]
     if fmt == "csv":
         import csv

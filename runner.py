@@ -23,7 +23,8 @@ import keys
 import rdb
 import studies
 from errors import DiskFull, disk_full
-from objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for, size_param
+from objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for
+from params import size_param
 from search_space import MEASURED, SweepConfig, suggest
 
 if TYPE_CHECKING:
@@ -57,9 +58,10 @@ class TrialRunner:
     """
 
     def __init__(self, config: SweepConfig, folds: list[Fold], recorder: TrialRecorder,
-                 worker: str = "", counter: TrialCounter | None = None) -> None:
+                 worker: str = "", counter: TrialCounter | None = None, threads: int = 1) -> None:
         self.config, self.folds, self.recorder, self.worker = config, folds, recorder, worker
-        self.counter = counter or TrialCounter()
+        self.counter = counter or TrialCounter(config.min_delta)
+        self.threads = threads  # folds fitted at once (objective.fold_threads)
         self.scorer = scorer_for(config)
         self.size = size_param(config.estimator)
         self.pruning = config.pruner != "none"
@@ -76,10 +78,16 @@ class TrialRunner:
         self.recorder.open_trial(trial)
         footprints: list[Footprint] = []  # one, from a completed or pruned trial
         started = time.perf_counter()
+        estimator = build_estimator(self.config, params)
+        trial.set_user_attr(keys.TREES_ASKED, estimator.get_params()[self.size])
+        reporter = ChunkReporter(trial) if self.pruning else None
         try:
-            result = evaluate(build_estimator(self.config, params), self.folds, self.scorer,
-                              _reporter(trial) if self.pruning else None, self.size, footprints.append)
-        except (optuna.TrialPruned, DiskFull, rdb.StorageLost):  # the storage's failures, not the trial's
+            result = evaluate(estimator, self.folds, self.scorer, reporter, self.size, footprints.append,
+                              self.threads)
+        except optuna.TrialPruned:
+            trial.set_user_attr(keys.TREES, reporter.step if reporter else 0)  # pruned at that many trees
+            raise
+        except (DiskFull, rdb.StorageLost):  # the storage's failures, not the trial's
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
@@ -95,6 +103,7 @@ class TrialRunner:
                 self._measured(trial, measured)
             _link_run(trial, self.recorder)
         trial.set_user_attr(keys.SCORE_STD, result.score_std)
+        trial.set_user_attr(keys.TREES, result.trees)
         if self.config.trade_off:
             return [result.score, trial.user_attrs[MEASURED[self.config.trade_off]]]
         return result.score
@@ -108,17 +117,20 @@ class TrialRunner:
             trial.set_constraint(name, value)
 
 
-def _reporter(trial: Trial) -> Callable[[int, float], None]:
-    """Report a pruned ensemble's score after each chunk of trees; raise TrialPruned to stop it."""
+class ChunkReporter:
+    """Reports a growing ensemble's score after each chunk of trees, and raises TrialPruned when
+    the pruner stops it; remembers the last chunk's trees (what a pruned trial grew)."""
 
-    def report(step: int, value: float) -> None:
+    def __init__(self, trial: Trial) -> None:
+        self.trial, self.step = trial, 0
+
+    def __call__(self, step: int, value: float) -> None:
         import optuna
 
-        trial.report(value, step)
-        if trial.should_prune():
+        self.step = step
+        self.trial.report(value, step)
+        if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after {step} trees")
-
-    return report
 
 
 def _link_run(trial: Trial, recorder: TrialRecorder) -> None:
@@ -150,14 +162,33 @@ class Count:
     counted: int  # completed and pruned: what --n-trials counts
     running: int
     best: float | None  # the best completed metric within the constraints (the study maximizes it)
+    since_gain: int = 0  # counted trials since the best last rose by more than min_delta (`plateau:`)
+    saved: tuple[float, float, float] = (0.0, 0.0, 0.0)  # trees grown, asked, seconds saved (studies.trees_saved)
+    pruned: int = 0
+
+    def saved_text(self) -> str:
+        """`41% of the trees not grown (12,300 of 30,000 per fold), about 85 s of fitting saved`."""
+        grown, asked, seconds = self.saved
+        share = 1 - grown / asked if asked else 0.0
+        return (f"{share:.0%} of the trees not grown ({asked - grown:,.0f} of {asked:,.0f} per fold),"
+                f" about {seconds:,.0f} s of fitting saved")
+
+    def plateaued(self, patience: int | None) -> bool:
+        return patience is not None and self.since_gain >= patience
 
 
 class TrialCounter:
     """Counts the study's trials incrementally: each look reads only the trials that were
     unfinished at the last look and the new ones (a finished trial never changes), so a
-    worker's cost per trial does not grow with the study."""
+    worker's cost per trial does not grow with the study. A gain is a best that beats the best at
+    the last gain by more than `min_delta`; the counted trials since then are the plateau's length."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_delta: float = 0.0) -> None:
+        self.min_delta = min_delta
+        self._gain: float | None = None
+        self._since_gain = 0
+        self._saved = (0.0, 0.0, 0.0)
+        self._pruned = 0
         self._seen = 0
         self._unfinished: set[int] = set()  # numbers of the trials running or waiting at the last look
         self._running: list[int] = []
@@ -177,12 +208,19 @@ class TrialCounter:
                     self._running.append(number)
                 continue
             self._unfinished.discard(number)
-            self._counted += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            counts = trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            self._counted += counts
+            self._pruned += trial.state == TrialState.PRUNED
+            grown, asked, seconds = studies.trees_saved(trial)
+            self._saved = (self._saved[0] + grown, self._saved[1] + asked, self._saved[2] + seconds)
+            self._since_gain += counts
             score = studies.candidate(trial)
             if score is not None and (self._best is None or score > self._best):
                 self._best = score
+            if score is not None and (self._gain is None or score > self._gain + self.min_delta):
+                self._gain, self._since_gain = score, 0
         self._seen = len(trials)
-        return Count(self._counted, len(self._running), self._best)
+        return Count(self._counted, len(self._running), self._best, self._since_gain, self._saved, self._pruned)
 
     def has_slot(self, study: Study, total: int, trial: Trial) -> bool:
         """Whether this just-asked trial is within the total, counting the running trials asked before it."""
@@ -191,9 +229,9 @@ class TrialCounter:
         return now.counted + ahead < total
 
 
-def count(study: Study) -> Count:
+def count(study: Study, min_delta: float = 0.0) -> Count:
     """One look at every trial of the study."""
-    return TrialCounter().count(study)
+    return TrialCounter(min_delta).count(study)
 
 
 @dataclass
@@ -204,8 +242,8 @@ class Tally:
     total: int
     max_failures: int
     counter: TrialCounter = field(default_factory=TrialCounter)
+    patience: int | None = None  # `plateau:` stop after this many counted trials without a gain
     failed: int = 0
-    pruned: int = 0
     last_error: str = ""
     now: Count = Count(0, 0, None)
 
@@ -214,9 +252,9 @@ class Tally:
         if trial.state.name == "FAIL" and not studies.is_surplus(trial):
             self.failed += 1
             self.last_error = trial.user_attrs.get(keys.ERROR, "")
-        self.pruned += trial.state.name == "PRUNED"
         self.now = self.counter.count(study)
-        if self.failed > self.max_failures or self.now.counted + self.now.running >= self.total:
+        if self.failed > self.max_failures or self.now.counted + self.now.running >= self.total \
+                or self.now.plateaued(self.patience):
             study.stop()
 
     def check(self) -> None:
@@ -248,8 +286,9 @@ class Progress:
             return
         self.bar.update(max(0, min(tally.now.counted, self.total) - self.bar.n))
         best = tally.now.best
-        postfix = {"best": f"{best:.4f}" if best is not None else "-", "pruned": tally.pruned,
-                   "failed": tally.failed}
+        grown, asked, _ = tally.now.saved
+        postfix = {"best": f"{best:.4f}" if best is not None else "-", "pruned": tally.now.pruned,
+                   "trees saved": f"{1 - grown / asked:.0%}" if asked else "-", "failed": tally.failed}
         self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
@@ -269,7 +308,7 @@ def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Pro
             progress.show(trial, tally)
 
     now = tally.counter.count(study)
-    if now.counted + now.running < tally.total:
+    if now.counted + now.running < tally.total and not now.plateaued(tally.patience):
         try:
             study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
         except Exception as error:  # Optuna may raise another error (its own) while handling the storage's
@@ -292,7 +331,7 @@ def run_until_done(study: Study, objective: TrialRunner, tally: Tally, progress:
             return
         run_worker(study, objective, tally, progress, left)
         now = tally.counter.count(study)
-        if now.counted >= tally.total:
+        if now.counted >= tally.total or (now.plateaued(tally.patience) and not now.running):
             return
         if now.running:
             time.sleep(POLL_S)

@@ -11,12 +11,13 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import keys
 import rdb
 from errors import ConfigError, SweepFailed, disk_full, first_line, mask_uri, say
-from search_space import MEASURED, SweepConfig
+from search_space import MEASURED, SweepConfig, without_early_stop
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -192,12 +193,25 @@ def make_sampler(config: SweepConfig, seed: int | None = None) -> BaseSampler:
     if config.sampler == "grid":
         return samplers.GridSampler(grid(config), seed=seed)
     return {
-        # constant_liar: parallel workers do not propose the point a running trial already has
-        "tpe": lambda: samplers.TPESampler(seed=seed, constant_liar=True),
+        "tpe": lambda: _tpe(seed),
         "random": lambda: samplers.RandomSampler(seed=seed),
         "cmaes": lambda: samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
         "qmc": lambda: samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
     }[config.sampler]()
+
+
+def _tpe(seed: int) -> BaseSampler:
+    """TPE as `sweep` runs it: multivariate (it models how the params act together, where the
+    default models each alone), grouped so a conditional param is modelled with the trials that
+    sampled it, and constant_liar so parallel workers do not propose the point a running trial
+    already has. Optuna marks the first two experimental; their warnings are not the user's."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
 def make_pruner(config: SweepConfig) -> BasePruner:
@@ -237,6 +251,8 @@ def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str,
     if keys.CONFIG not in study.user_attrs:  # set last: a sweep killed before it sets them all again
         if when_new is not None:
             when_new(study)
+        else:
+            start_cheap(study, config)
         continued = {keys.FROM_STUDY: config.from_study} if config.from_study else {}
         remember = {keys.SPACE_SHA256: config.space_sha256(), keys.DATA_SHA256: data_digest,
                     keys.FIXED_PARAMS: config.fixed, **continued, keys.CONFIG: config.source}
@@ -246,9 +262,24 @@ def open_study(config: SweepConfig, storage: BaseStorage, data_digest: str,
     return study
 
 
+def start_cheap(study: Study, config: SweepConfig) -> None:
+    """TPE's first trial is the estimator's own defaults where the space holds them (FLAML's cheap
+    start: a model of default size, usually strong): the sweep has a good incumbent after one
+    ordinary trial instead of after TPE's random start-up. Other samplers draw as documented."""
+    from params import default_point
+
+    point = default_point(config.estimator, config.params) if config.sampler == "tpe" else {}
+    if point:
+        study.enqueue_trial(point, user_attrs={keys.CHEAP_START: True}, skip_if_exists=True)
+
+
 def check_same_sweep(study: Study, config: SweepConfig, data_digest: str) -> None:
     attrs = study.user_attrs
     if attrs.get(keys.SPACE_SHA256) != config.space_sha256():
+        if config.early_stop_params and attrs.get(keys.SPACE_SHA256) == without_early_stop(config).space_sha256():
+            raise ConfigError([
+                f"study {study.study_name!r}: was started without the estimator's early stop (by a sweep"
+                " before 0.2); add `early_stop: false` to the file to resume it, or pick a new --study-name."])
         raise ConfigError([
             f"study {study.study_name!r}: was started with another search space, data or metric;"
             " resume it with the same file or pick a new --study-name."])
@@ -302,8 +333,12 @@ def study_config(study: Study) -> SweepConfig:
 
     overrides = {"study_name": study.study_name, "n_trials": study.user_attrs.get(keys.N_TRIALS),
                  "from": study.user_attrs.get(keys.FROM_STUDY)}
-    return search_space.parse(study.user_attrs[keys.CONFIG], origin=f"study {study.study_name!r}",
-                              overrides=overrides)
+    config = search_space.parse(study.user_attrs[keys.CONFIG], origin=f"study {study.study_name!r}",
+                                overrides=overrides)
+    # The fixed params it ran with: its early stop was decided on its data (with_early_stop), and
+    # the study of a sweep that had no early stop yet ran without one.
+    added = {k: v for k, v in study.user_attrs.get(keys.FIXED_PARAMS, {}).items() if k not in config.fixed}
+    return replace(config, fixed={**added, **config.fixed}, early_stop_params=added)
 
 
 def pick_study_name(storage_spec: str, named: str | None, default: str) -> tuple[str, bool]:
@@ -429,6 +464,16 @@ def _complete() -> Any:
     return TrialState.COMPLETE
 
 
+def trees_saved(trial: FrozenTrial) -> tuple[float, float, float]:
+    """(trees grown, trees asked, seconds of fitting saved) of a finished trial, per fold: what its
+    early stop and its pruning did not grow, the seconds at the trial's own pace per tree."""
+    grown, asked = trial.user_attrs.get(keys.TREES), trial.user_attrs.get(keys.TREES_ASKED)
+    if not grown or not asked:
+        return 0.0, 0.0, 0.0
+    fit_s = trial.user_attrs.get(keys.FIT_TIME_S) or 0.0
+    return float(grown), float(asked), fit_s * max(0.0, asked - grown) / grown
+
+
 def is_surplus(trial: FrozenTrial) -> bool:
     """A trial refused a slot (other workers' trials filled the total): failed, but it counts
     nowhere: not against max_failures, not in the progress line, and it gets no child run."""
@@ -441,6 +486,6 @@ def trial_row(trial: FrozenTrial) -> dict:
     duration = trial.duration.total_seconds() if trial.duration is not None else None
     measured = {name: trial.user_attrs.get(key) for name, key in MEASURED.items()}
     return {"number": trial.number, "state": trial.state.name, "value": score(trial),
-            "params": dict(trial.params), **measured,
+            "params": dict(trial.params), "trees": trial.user_attrs.get(keys.TREES), **measured,
             "feasible": feasible(trial) if trial.constraints else None, "duration_s": duration,
             "run_id": trial.user_attrs.get(keys.RUN_ID)}

@@ -152,6 +152,7 @@ def test_trials_json_equals_the_study_trials(finished, stores, capsys):
     assert code == 0
     assert json.loads(out) == [
         {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+         "trees": t.user_attrs["sweep.trees"],
          "predict_ms": t.user_attrs["sweep.predict_ms"], "model_bytes": t.user_attrs["sweep.model_bytes"],
          "feasible": None, "duration_s": t.duration.total_seconds(), "run_id": t.user_attrs["mlflow_run_id"]}
         for t in finished.trials]
@@ -179,7 +180,7 @@ def test_trials_table_is_aligned_with_one_line_per_trial(finished, stores, capsy
     assert code == 0
     header, *lines = out.rstrip("\n").split("\n")
     assert header.split() == ["number", "state", "value", "learning_rate", "max_depth", "max_features",
-                              "predict_ms", "model_bytes", "duration_s", "run_id"]
+                              "trees", "predict_ms", "model_bytes", "duration_s", "run_id"]
     assert len(lines) == len(finished.trials)
     by_number = {t.number: t for t in finished.trials}
     durations = []

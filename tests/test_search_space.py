@@ -448,7 +448,7 @@ def test_a_valid_space_parses_to_the_expected_config() -> None:
             Param("min_samples_leaf", IntDistribution(1, 32, log=True)),
             Param("subsample", FloatDistribution(0.5, 1.0, step=0.1)),
         ),
-        source=text,
+        source=text, patience=50, min_delta=0.0001,
     )
 
 

@@ -94,7 +94,8 @@ def test_one_parent_one_child_per_trial_with_exactly_the_sampled_params(shared):
         assert run.data.params == {k: str(v) for k, v in trial.params.items()}
         assert run.info.status == "FINISHED"
         assert run.data.metrics["roc_auc"] == pytest.approx(trial.value)
-        assert set(run.data.metrics) == {"roc_auc", "roc_auc_std", "fit_time_s", "predict_ms", "model_bytes"}
+        assert set(run.data.metrics) == {"roc_auc", "roc_auc_std", "fit_time_s", "trees", "predict_ms", "model_bytes"}
+        assert run.data.metrics["trees"] == 8  # breast_cancer's folds are too small for the early stop
         assert run.data.metrics["predict_ms"] > 0 and run.data.metrics["model_bytes"] > 0
         assert run.data.metrics["predict_ms"] == pytest.approx(trial.user_attrs["sweep.predict_ms"])
         assert run.data.metrics["model_bytes"] == trial.user_attrs["sweep.model_bytes"]

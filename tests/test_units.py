@@ -29,8 +29,8 @@ from objective import (
     footprint,
     prepare_folds,
     scorer_for,
-    size_param,
 )
+from params import size_param
 from search_space import parse
 
 SPACE = """\
@@ -180,7 +180,7 @@ def study_with(states: list[TrialState]) -> optuna.Study:
 
 def test_count_is_one_pass_over_the_states() -> None:
     study = study_with([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE])
-    assert runner.count(study) == runner.Count(counted=3, running=0, best=3.0)
+    assert runner.count(study) == runner.Count(counted=3, running=0, best=3.0, since_gain=0, pruned=1)
 
 
 def test_a_slot_counts_the_running_trials_asked_before() -> None:
@@ -203,7 +203,7 @@ def test_the_incremental_count_equals_a_fresh_one_at_every_step() -> None:
         study.tell(trial, float(step) if state == TrialState.COMPLETE else None, state=state)
         study.ask()
         assert counter.count(study) == runner.count(study)
-    assert counter.count(study) == runner.Count(counted=2, running=3, best=0.0)
+    assert counter.count(study) == runner.Count(counted=2, running=3, best=0.0, since_gain=1, pruned=1)
 
 
 def test_the_tally_stops_at_the_total() -> None:
