@@ -1,6 +1,7 @@
 """The bench's child processes other than `sweep run`: the floor, the glue a user writes instead (with
 optuna-integration's MLflowCallback, and the per-trial log_model pattern), RandomizedSearchCV + autolog, the
-one-off costs, the calibration of a ~1 s trial, and `sweep run` with two timers (its wait for a run id, TPE).
+one-off costs, the calibration of a ~1 s trial, and `sweep run` with two timers (its wait for a run id, TPE);
+for anytime.py also HalvingRandomSearchCV in rounds, FLAML, and the rescoring of what each of them found.
 
 Run as `python bench/workloads.py NAME SPEC.json RESULT.json`: each workload reads the same search
 space file as `sweep run`, and writes what it measured (epoch times, scores) as JSON for bench.py.
@@ -116,11 +117,12 @@ def fixed_costs(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- the glue a user writes instead
 
-def _estimator(config: Any, params: dict) -> Any:
-    """The estimator as a script builds it: the class by name, the fixed params, then the trial's."""
+def _estimator(config: Any, params: dict, fixed: dict | None = None) -> Any:
+    """The estimator as a script builds it: the class by name, the fixed params, then the trial's.
+    `fixed`: the space file's own, when given (config.fixed may hold what `sweep` adds to them)."""
     from sklearn import ensemble
 
-    return getattr(ensemble, config.estimator)(**{**config.fixed, **params})
+    return getattr(ensemble, config.estimator)(**{**(config.fixed if fixed is None else fixed), **params})
 
 
 def suggest_by_hand(config: Any, trial: Any) -> dict[str, Any]:
@@ -158,6 +160,9 @@ def glue(spec: dict) -> dict:
     state as `sweep run`: the best params refitted on the training part, scored on the holdout, the
     model logged (signature, input example, pinned requirements, cloudpickle), registered and aliased.
     (MLflow's async logging would not help it: ending each child run waits for that run's queue.)
+    With `timeout` instead of `params` (anytime.py), TPE draws every trial itself for that many seconds:
+    the anytime curve is the study's, the end state comes after it, as a user's script would do it;
+    `fixed` (anytime.py) gives the space file's fixed params, the only ones a script knows of.
     """
     import mlflow
     import mlflow.sklearn
@@ -178,20 +183,21 @@ def glue(spec: dict) -> dict:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec["journal"]))
     study = optuna.create_study(study_name=config.study_name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.seed))
-    for params in spec["params"]:
+    for params in spec.get("params", []):
         study.enqueue_trial(params)
+    budget = {"timeout": spec["timeout"]} if spec.get("timeout") else {"n_trials": len(spec["params"])}
     callback = MLflowCallback(tracking_uri=uri, metric_name=config.metric, create_experiment=False,
                               mlflow_kwargs={"nested": True})
 
     def objective(trial: Any) -> float:
-        model = _estimator(config, suggest_by_hand(config, trial))
+        model = _estimator(config, suggest_by_hand(config, trial), spec.get("fixed"))
         return float(cross_val_score(model, X, y, cv=folds, scoring=config.metric).mean())
 
     with mlflow.start_run(run_name=config.study_name):
-        study.optimize(objective, n_trials=len(spec["params"]), callbacks=[callback])
+        study.optimize(objective, callbacks=[callback], **budget)
         loop_end = time.time()
         best = study.best_params
-        model = _estimator(config, best).fit(data.X_train, data.y_train)
+        model = _estimator(config, best, spec.get("fixed")).fit(data.X_train, data.y_train)
         holdout = float(get_scorer(config.metric)(model, data.X_test, data.y_test))
         mlflow.log_params({f"best.{k}": v for k, v in best.items()})
         mlflow.log_metrics({f"best_{config.metric}": study.best_value, f"holdout_{config.metric}": holdout})
@@ -309,6 +315,144 @@ def rscv(spec: dict) -> dict:
             "values": results["mean_test_score"].tolist()}
 
 
+# ---------------------------------------------------------------- anytime.py: halving, FLAML, rescoring
+
+HALVING_FACTOR = 3
+HALVING_RUNGS = 3  # 9, 3, 1 candidates, the last one at (close to) the full resource; 4 rungs (27 candidates)
+# took 65 s a round on anytime.py's fit workload (B 60 s) and 76 s on hist (B 40 s): no model by B at all
+
+# sklearn scorer names FLAML spells its own way (the ones spelt alike pass as they are: roc_auc, r2, accuracy)
+FLAML_METRICS = {"neg_log_loss": "log_loss", "neg_mean_squared_error": "mse", "neg_mean_absolute_error": "mae",
+                 "f1_macro": "macro_f1", "f1_micro": "micro_f1", "average_precision": "ap"}
+
+
+def halving(spec: dict) -> dict:
+    """HalvingRandomSearchCV rounds back to back until `deadline` (epoch seconds; the bench's launch + B).
+
+    Halving is not anytime by itself: a round hands over a model only when it ends, so rounds are run
+    in turn (random_state = seed + round, n_candidates='exhaust', factor 3, min_resources giving `rungs`
+    rungs, HALVING_RUNGS by default), and the deadline is checked between them. A round still running
+    at the deadline could not count anyway: it is left unfinished (the process ends) instead of waited
+    for. The resource is the ensemble's size when the space searches it (capped at the top of its range,
+    the param taken out of the distributions), else the rows (sklearn's default). No autolog, no refit
+    per round: a careful user's search, costing nothing but the fits."""
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - makes the import below work
+    from sklearn.model_selection import HalvingRandomSearchCV
+
+    from objective import size_param
+
+    config, data = _load(spec)
+    X, y = data.X_train.to_numpy(), data.y_train
+    space, size = distributions(config), size_param(config.estimator)
+    searched = {p.name: p.distribution for p in config.params}
+    if size in searched:
+        resource, max_resources, floor = size, int(searched[size].high), 1
+        space.pop(size)
+    else:  # sklearn's own floor for rows: 2 per fold (and class)
+        resource, max_resources = "n_samples", len(y)
+        floor = config.cv * 2 * (len(set(y.tolist())) if config.is_classifier else 1)
+    min_resources = max(floor, max_resources // HALVING_FACTOR ** (spec.get("rungs", HALVING_RUNGS) - 1))
+    fixed = config.fixed if spec.get("fixed") is None else spec["fixed"]
+    rounds: list[dict] = []
+    unfinished = False
+    while time.time() < spec["deadline"]:
+        search = HalvingRandomSearchCV(
+            _estimator(config, {}, fixed), space, n_candidates="exhaust", factor=HALVING_FACTOR,
+            resource=resource, min_resources=min_resources,
+            max_resources=max_resources if resource != "n_samples" else "auto",
+            cv=_splitter(config), scoring=config.metric, refit=False, random_state=config.seed + len(rounds))
+        unfinished = not _until(spec["deadline"], lambda search=search: search.fit(X, y))
+        if unfinished:
+            break
+        best = {**_plain(search.best_params_), **({resource: max_resources} if resource != "n_samples" else {})}
+        rounds.append({"end": time.time(), "score": float(search.best_score_),
+                       "params": {**fixed, **best},
+                       "candidates": int(search.n_candidates_[0]), "resources": [int(r) for r in search.n_resources_]})
+    return {"rounds": rounds, "resource": resource, "min_resources": min_resources, "max_resources": max_resources,
+            "skip_teardown": unfinished}  # a round's threads may still run: the process ends at once
+
+
+def _until(deadline: float, work: Callable[[], Any]) -> bool:
+    """Run `work` in a daemon thread until it ends (True) or the deadline passes (False: it is left running).
+    Its exception, if any, is raised here."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as error:  # raised again in the caller's thread
+            failed.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.time()))
+    if failed:
+        raise failed[0]
+    return not thread.is_alive()
+
+
+def _plain(params: dict) -> dict:
+    """numpy scalars as Python's (for JSON)."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
+
+
+def flaml_search(spec: dict) -> dict:
+    """FLAML's AutoML with its HistGradientBoosting learner ("histgb"), its own search space, `budget`
+    seconds of its own (time_budget counts from its fit() start), its own CV with the sweep's fold count
+    and seed; every iteration logged (log_type all). Each logged config comes back as the estimator
+    params FLAML would build from it (its learner's config2params: random_state 24092023, max_bins...),
+    and its end as epoch seconds (fit start + the log's wall_clock_time). No MLflow logging, no final
+    retrain: the search alone, as with halving."""
+    from importlib.metadata import version
+
+    from flaml import AutoML
+    from flaml.automl.contrib.histgb import HistGradientBoostingEstimator
+    from flaml.automl.training_log import training_log_reader
+
+    config, data = _load(spec)
+    if not config.estimator.startswith("HistGradientBoosting"):
+        raise SystemExit(f"bench: FLAML's histgb learner is no {config.estimator}")
+    automl = AutoML()
+    fit_start = time.time()
+    automl.fit(data.X_train, data.y_train, task="classification" if config.is_classifier else "regression",
+               metric=FLAML_METRICS.get(config.metric, config.metric), estimator_list=["histgb"],
+               time_budget=spec["budget"], eval_method="cv", n_splits=config.cv, seed=config.seed,
+               log_file_name=spec["log"], log_type="all", mlflow_logging=False, retrain_full=False, verbose=0)
+    fit_start = getattr(automl, "_start_time_flag", fit_start)  # the origin of the log's wall_clock_time
+    records = []
+    with training_log_reader(spec["log"]) as reader:
+        for record in reader.records():
+            learner = HistGradientBoostingEstimator(automl._state.task, **record.config)
+            records.append({"end": fit_start + record.wall_clock_time, "loss": float(record.validation_loss),
+                            "params": _plain(learner.params)})
+    return {"fit_start": fit_start, "records": records, "flaml": version("flaml")}
+
+
+def rescore(spec: dict) -> dict:
+    """Outside every timing: param sets (whole estimator params) cross-validated on the shared folds
+    (`cv`), and refitted on the training part and scored on the holdout (`holdout`); each set once."""
+    from sklearn.metrics import get_scorer
+    from sklearn.model_selection import cross_val_score
+
+    config, data = _load(spec)
+    X, y = data.X_train.to_numpy(), data.y_train
+    X_test, scorer = data.X_test.to_numpy(), get_scorer(config.metric)
+    folds = list(_splitter(config).split(X, y))
+    done: dict[tuple[str, str], float] = {}
+
+    def once(kind: str, params: dict) -> float:
+        key = (kind, json.dumps(params, sort_keys=True))
+        if key not in done:
+            model = _estimator(config, params, {})
+            done[key] = (float(cross_val_score(model, X, y, cv=folds, scoring=config.metric).mean()) if kind == "cv"
+                         else float(scorer(model.fit(X, y), X_test, data.y_test)))
+        return done[key]
+
+    return {"cv": [once("cv", p) for p in spec["cv"]], "holdout": [once("holdout", p) for p in spec["holdout"]]}
+
+
 # ---------------------------------------------------------------- sweep, instrumented
 
 def sweep_main(spec: dict) -> dict:
@@ -380,6 +524,7 @@ class TimedSampler:
 WORKLOADS: dict[str, Callable[[dict], dict]] = {
     "floor": floor, "calibrate": calibrate, "fixed": fixed_costs, "glue": glue,
     "glue_per_trial": glue_per_trial, "rscv": rscv, "sweep": sweep_main,
+    "halving": halving, "flaml": flaml_search, "rescore": rescore,
 }
 
 
