@@ -190,3 +190,18 @@ def test_a_study_stops_itself_at_a_plateau_and_stays_stopped(tmp_path, stores, c
     config.write_text(config.read_text().replace("patience: 2", "patience: 4"))  # not part of the study's space
     code, _, err = run(capsys, config, stores)
     assert code == 0 and "2 trials ran now, 5 of 10 counted" in err
+
+
+def test_a_study_run_without_the_early_stop_is_resumed_only_as_it_ran(tmp_path, stores, capsys) -> None:
+    """A large study of a sweep before 0.2 (or one run with `early_stop: false`) ran without it."""
+    large = space_text(n_trials=1).replace("{dataset: breast_cancer, holdout: 0.25}",
+                                           "{dataset: make_classification, holdout: 0.2, options: {n_samples: 5000}}")
+    config = small_space(tmp_path, text=large + "early_stop: false\n")
+    assert run(capsys, config, stores)[0] == 0
+    config.write_text(large.replace("n_trials: 1", "n_trials: 2"))  # auto: on, with 2,000 rows a fold
+    code, _, err = run(capsys, config, stores)
+    assert code == 2
+    assert err.strip() == ("sweep: study 'pays': was started without the estimator's early stop (by a sweep"
+                           " before 0.2); add `early_stop: false` to the file to resume it, or pick a new"
+                           " --study-name.")
+    assert len(study_of(stores).trials) == 1  # nothing ran
