@@ -278,8 +278,8 @@ def check_same_sweep(study: Study, config: SweepConfig, data_digest: str) -> Non
     if attrs.get(keys.SPACE_SHA256) != config.space_sha256():
         if config.early_stop_params and attrs.get(keys.SPACE_SHA256) == without_early_stop(config).space_sha256():
             raise ConfigError([
-                f"study {study.study_name!r}: was started without the estimator's early stop (by a sweep"
-                " before 0.2); add `early_stop: false` to the file to resume it, or pick a new --study-name."])
+                f"study {study.study_name!r}: ran without the estimator's early stop; resume it with"
+                " `early_stop: false` (the default), or pick a new --study-name."])
         raise ConfigError([
             f"study {study.study_name!r}: was started with another search space, data or metric;"
             " resume it with the same file or pick a new --study-name."])

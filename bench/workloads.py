@@ -318,8 +318,8 @@ def rscv(spec: dict) -> dict:
 # ---------------------------------------------------------------- anytime.py: halving, FLAML, rescoring
 
 HALVING_FACTOR = 3
-HALVING_RUNGS = 3  # 9, 3, 1 candidates, the last one at (close to) the full resource; 4 rungs (27 candidates)
-# took 65 s a round on anytime.py's fit workload (B 60 s) and 76 s on hist (B 40 s): no model by B at all
+HALVING_RUNGS = 4  # 27, 9, 3, 1 candidates, the last one at (close to) the full resource: on anytime.py's fit
+# workload a first round took 46 s, as long as one of 3 rungs (9 candidates, 44 s), and looked at 3x as many
 
 # sklearn scorer names FLAML spells its own way (the ones spelt alike pass as they are: roc_auc, r2, accuracy)
 FLAML_METRICS = {"neg_log_loss": "log_loss", "neg_mean_squared_error": "mse", "neg_mean_absolute_error": "mae",
@@ -331,11 +331,12 @@ def halving(spec: dict) -> dict:
 
     Halving is not anytime by itself: a round hands over a model only when it ends, so rounds are run
     in turn (random_state = seed + round, n_candidates='exhaust', factor 3, min_resources giving `rungs`
-    rungs, HALVING_RUNGS by default), and the deadline is checked between them. A round still running
-    at the deadline could not count anyway: it is left unfinished (the process ends) instead of waited
-    for. The resource is the ensemble's size when the space searches it (capped at the top of its range,
-    the param taken out of the distributions), else the rows (sklearn's default). No autolog, no refit
-    per round: a careful user's search, costing nothing but the fits."""
+    rungs, HALVING_RUNGS by default), and the deadline is checked between them (the round running at
+    the deadline ends after it: the bench does not count it). The resource is the ensemble's size when
+    the space searches it (up to the top of its range, the param taken out of the distributions), else
+    the rows (sklearn's default). No autolog, no refit per round: a careful user's search, costing
+    nothing but the fits; `n_jobs` (default -1): candidates and folds on every core, as a user with a wall
+    budget runs a scikit-learn search."""
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - makes the import below work
     from sklearn.model_selection import HalvingRandomSearchCV
 
@@ -354,43 +355,17 @@ def halving(spec: dict) -> dict:
     min_resources = max(floor, max_resources // HALVING_FACTOR ** (spec.get("rungs", HALVING_RUNGS) - 1))
     fixed = config.fixed if spec.get("fixed") is None else spec["fixed"]
     rounds: list[dict] = []
-    unfinished = False
     while time.time() < spec["deadline"]:
         search = HalvingRandomSearchCV(
             _estimator(config, {}, fixed), space, n_candidates="exhaust", factor=HALVING_FACTOR,
             resource=resource, min_resources=min_resources,
             max_resources=max_resources if resource != "n_samples" else "auto",
-            cv=_splitter(config), scoring=config.metric, refit=False, random_state=config.seed + len(rounds))
-        unfinished = not _until(spec["deadline"], lambda search=search: search.fit(X, y))
-        if unfinished:
-            break
+            cv=_splitter(config), scoring=config.metric, refit=False, random_state=config.seed + len(rounds),
+            n_jobs=spec.get("n_jobs", -1)).fit(X, y)
         best = {**_plain(search.best_params_), **({resource: max_resources} if resource != "n_samples" else {})}
-        rounds.append({"end": time.time(), "score": float(search.best_score_),
-                       "params": {**fixed, **best},
+        rounds.append({"end": time.time(), "score": float(search.best_score_), "params": {**fixed, **best},
                        "candidates": int(search.n_candidates_[0]), "resources": [int(r) for r in search.n_resources_]})
-    return {"rounds": rounds, "resource": resource, "min_resources": min_resources, "max_resources": max_resources,
-            "skip_teardown": unfinished}  # a round's threads may still run: the process ends at once
-
-
-def _until(deadline: float, work: Callable[[], Any]) -> bool:
-    """Run `work` in a daemon thread until it ends (True) or the deadline passes (False: it is left running).
-    Its exception, if any, is raised here."""
-    import threading
-
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except Exception as error:  # raised again in the caller's thread
-            failed.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(max(0.0, deadline - time.time()))
-    if failed:
-        raise failed[0]
-    return not thread.is_alive()
+    return {"rounds": rounds, "resource": resource, "min_resources": min_resources, "max_resources": max_resources}
 
 
 def _plain(params: dict) -> dict:

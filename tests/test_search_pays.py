@@ -40,14 +40,15 @@ def study_of(stores: dict, name: str = "pays") -> optuna.Study:
 # ---------------------------------------------------------------- the estimator's early stop
 
 def test_auto_early_stop_is_on_from_2000_training_rows_a_fold() -> None:
-    config = parse(space_text())  # cv 2: a fold trains on half the rows
+    assert with_early_stop(parse(space_text()), 10**6).early_stop_params == {}  # off by default
+    config = parse(space_text(extra="early_stop: auto\n"))  # cv 2: a fold trains on half the rows
     assert with_early_stop(config, 3999).fixed == config.fixed
     on = with_early_stop(config, 4000)
     assert on.fixed == {**EARLY_STOP, **config.fixed} and on.early_stop_params == EARLY_STOP
     assert on.space_sha256() != config.space_sha256()  # a study remembers which it ran
     assert with_early_stop(parse(space_text(extra="early_stop: true\n")), 10).early_stop_params == EARLY_STOP
     assert with_early_stop(parse(space_text(extra="early_stop: false\n")), 10**6).fixed == config.fixed
-    own = parse(space_text().replace("fixed: {", "fixed: {n_iter_no_change: 3, "))
+    own = parse(space_text(extra="early_stop: true\n").replace("fixed: {", "fixed: {n_iter_no_change: 3, "))
     assert with_early_stop(own, 10**6).fixed["n_iter_no_change"] == 3  # the user's own value wins
     hist = parse(space_text(extra="early_stop: true\n").replace("GradientBoostingClassifier",
                                                                 "HistGradientBoostingClassifier")
@@ -193,15 +194,14 @@ def test_a_study_stops_itself_at_a_plateau_and_stays_stopped(tmp_path, stores, c
 
 
 def test_a_study_run_without_the_early_stop_is_resumed_only_as_it_ran(tmp_path, stores, capsys) -> None:
-    """A large study of a sweep before 0.2 (or one run with `early_stop: false`) ran without it."""
+    """A study run with `early_stop: false` (the default) is refused with the early stop on."""
     large = space_text(n_trials=1).replace("{dataset: breast_cancer, holdout: 0.25}",
                                            "{dataset: make_classification, holdout: 0.2, options: {n_samples: 5000}}")
     config = small_space(tmp_path, text=large + "early_stop: false\n")
     assert run(capsys, config, stores)[0] == 0
-    config.write_text(large.replace("n_trials: 1", "n_trials: 2"))  # auto: on, with 2,000 rows a fold
+    config.write_text(large.replace("n_trials: 1", "n_trials: 2") + "early_stop: auto\n")  # on: 2,000 rows a fold
     code, _, err = run(capsys, config, stores)
     assert code == 2
-    assert err.strip() == ("sweep: study 'pays': was started without the estimator's early stop (by a sweep"
-                           " before 0.2); add `early_stop: false` to the file to resume it, or pick a new"
-                           " --study-name.")
+    assert err.strip() == ("sweep: study 'pays': ran without the estimator's early stop; resume it with"
+                           " `early_stop: false` (the default), or pick a new --study-name.")
     assert len(study_of(stores).trials) == 1  # nothing ran
