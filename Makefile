@@ -31,10 +31,12 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts optuna.journal* *.egg-info
 
-# make bench: sweep against the bare floor and the usual alternatives (quick; bench/bench.py --full for the big run).
+# make bench: the anytime bench (time to the same score: the glue, HalvingRandomSearchCV, FLAML), then sweep against
+# the bare floor and the usual alternatives per trial, scaling, and --from.
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/anytime.py --budget-scale 0.8   # how soon each tool hands over a good model, same wall budget (~50 min)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/scaling.py   # workers on PostgreSQL vs the journal file (needs the local PostgreSQL)
 	$(BIN)/python bench/from_study.py     # run --from: new trials to beat the old best, continued vs fresh (~10 min)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from errors import ConfigError
-from params import estimator_class, size_param  # noqa: F401 - re-exported for the bench (TODO move)
+from params import estimator_class
 from search_space import SweepConfig
 
 PRUNING_REPORTS = 10  # how many chunks a pruned ensemble is grown in

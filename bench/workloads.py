@@ -44,7 +44,8 @@ def _splitter(config: Any) -> Any:
 def floor(spec: dict) -> dict:
     """The given param sets, fitted and cross-validated by objective.evaluate: no Optuna, no MLflow.
     `threads`: cap OpenMP/BLAS threads as a `sweep run --n-jobs 2` worker is capped (HistGradientBoosting)."""
-    from objective import build_estimator, evaluate, prepare_folds, scorer_for, size_param
+    from objective import build_estimator, evaluate, prepare_folds, scorer_for
+    from params import size_param
 
     config, data = _load(spec)
     if spec.get("threads"):  # after sklearn's import: threadpoolctl caps only the libraries loaded by then
@@ -65,7 +66,8 @@ def floor(spec: dict) -> dict:
 
 def calibrate(spec: dict) -> dict:
     """Seconds per tree of one trial (all folds) at the middle of the space: sizes a ~1 s trial."""
-    from objective import build_estimator, evaluate, prepare_folds, scorer_for, size_param
+    from objective import build_estimator, evaluate, prepare_folds, scorer_for
+    from params import size_param
 
     config, data = _load(spec)
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
@@ -340,7 +342,7 @@ def halving(spec: dict) -> dict:
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - makes the import below work
     from sklearn.model_selection import HalvingRandomSearchCV
 
-    from objective import size_param
+    from params import size_param
 
     config, data = _load(spec)
     X, y = data.X_train.to_numpy(), data.y_train

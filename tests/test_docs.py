@@ -137,8 +137,8 @@ def test_default_is_in_the_table(readme: str, key: str) -> None:
     if default is None:
         assert cell == "`null`" or cell.startswith(("`<", "the ")), (key, cell)
     else:
-        shown = yaml.safe_dump(default, default_flow_style=True, sort_keys=False).strip() \
-            if isinstance(default, dict) else default  # a mapping as the file writes it
+        shown = yaml.safe_dump(default, default_flow_style=True, sort_keys=False).removesuffix("...\n").strip() \
+            if isinstance(default, (dict, bool)) else default  # a mapping or a boolean as the file writes it
         assert cell == f"`{shown}`", (key, cell)
 
 
