@@ -61,9 +61,9 @@ DEFAULTS: dict[str, Any] = {
 PLATEAU_KEYS = ("patience", "min_delta")
 # `early_stop: auto` is on when a fold's training part has this many rows: the 10% it holds out to
 # decide the stop are then 200 rows or more. On fewer (breast_cancer's folds: 300 rows, 30 held
-# out) the stop was noise: it cost 0.003 of roc_auc. It is off by default: on the anytime bench's
-# fit workload (3,300 rows a fold) it saved 27% of the fitting time of 14 random trials but cost a
-# median 0.0011 of roc_auc, 0.017 on one of the five best, where the sweep must reach a score.
+# out) the stop was noise: a median 0.002 of roc_auc lost over 6 configurations. It is off by
+# default: on the anytime bench's fit workload (3,300 rows a fold) it saved 27% of the fitting
+# time of 14 random trials but cost a median 0.0011 of roc_auc, 0.017 on one of the five best.
 EARLY_STOP_ROWS = 2000
 # What each trial measures of its first fold's model, by the name a user writes: a constraint
 # (`constraints: {predict_ms: {max: 2}}`) or a second objective (`metric: [roc_auc, predict_ms]`)
