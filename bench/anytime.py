@@ -263,13 +263,11 @@ def run_sweep(case: Case, run: Run, variant: SweepVariant) -> None:
                "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--study-name", name,
                "--output", str(workdir / "best.json"), *variant.args]
     timed = m.checked(m.run_timed(command, workdir), f"sweep run ({variant.label})")
-    added, trees = sweep_study(journal, name)
+    added, _ = sweep_study(journal, name)  # every trial carries its trees grown: no note
     from_study(run, timed, m.study_trials(str(journal), name), {**(space.get("fixed") or {}), **added})
     if added.keys() - (space.get("fixed") or {}).keys():
         run.notes.append("fixed params the sweep added: " + ", ".join(
             f"{k}={v}" for k, v in added.items() if k not in (space.get("fixed") or {})))
-    if trees:
-        run.notes.append(f"{trees} trials carry {TREES_ATTR} (informational; the params are refitted as they are)")
 
 
 def sweep_study(journal: Path, name: str) -> tuple[dict, int]:
