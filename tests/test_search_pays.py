@@ -112,6 +112,7 @@ def test_a_sweep_with_the_early_stop_grows_fewer_trees_and_exports_the_stop(tmp_
             client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`sweep.trial_number` != ''")}
     assert {n: r.data.metrics["trees"] for n, r in runs.items()} == dict(enumerate(grown))
     assert '"n_iter_no_change": 10' in out  # the export refits with the same stop
+    mlflow.set_tracking_uri(stores["tracking_uri"])  # another test may have left the global one elsewhere
     model = mlflow.sklearn.load_model("models:/exp@champion")
     assert model.get_params()["n_iter_no_change"] == 10 and model.n_estimators_ <= 60
     code = sweep.main(["trials", "--format", "csv", "--study-name", "pays", "--storage", stores["storage"]])
