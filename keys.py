@@ -17,7 +17,6 @@ N_TRIALS = "sweep.n_trials"  # also a tag of the parent run
 PARENT_RUN_ID = "sweep.parent_run_id"
 PARENT_RUN_KEY = "sweep.parent_run_key"  # also a tag of the parent run: found by it when the id was not linked
 PROMOTED_TRIAL = "sweep.promoted_trial"
-PLATEAU = "sweep.plateau"  # the counted trials when the study stopped at a plateau (no gain in `patience`)
 FROM_STUDY = "sweep.from_study"  # the study it continued from (also on a carried trial and its run)
 
 # ---- a trial's user attrs

@@ -145,8 +145,8 @@ def run(prepared: Prepared, options: Options) -> Outcome:
 def _leaves_a_core(prepared: Prepared, options: Options) -> bool:
     """Refitting the best ahead takes a core: only where the trials leave one free (a trial that
     fits its folds in threads uses them all)."""
-    config, rows = prepared.config, len(prepared.dataset.X_train)
-    fold_rows = rows * (config.cv - 1) // config.cv
+    config = prepared.config
+    fold_rows = config.fold_rows(len(prepared.dataset.X_train))
     threads = fold_threads(config.estimator, config.cv, fold_rows, _cores(options))
     return options.n_jobs * threads < (os.cpu_count() or 1)
 

@@ -135,6 +135,10 @@ class SweepConfig:
     def limits_text(self) -> str:
         return ", ".join(f"{name} <= {limit:g}" for name, limit in self.constraints.items())
 
+    def fold_rows(self, train_rows: int) -> int:
+        """The rows a fold trains on, of a training part of `train_rows`."""
+        return train_rows * (self.cv - 1) // self.cv
+
     @property
     def is_classifier(self) -> bool:
         return self.estimator.endswith("Classifier")
@@ -345,8 +349,7 @@ def with_early_stop(config: SweepConfig, train_rows: int) -> SweepConfig:
     it is on: `true`, or `auto` with folds of EARLY_STOP_ROWS training rows or more; the user's own
     fixed or searched values of those params win. Decided once the data is loaded (`sweep run`);
     the study keeps the fixed params it ran with (studies.study_config)."""
-    fold_rows = train_rows * (config.cv - 1) // config.cv
-    if config.early_stop is False or (config.early_stop == "auto" and fold_rows < EARLY_STOP_ROWS):
+    if config.early_stop is False or (config.early_stop == "auto" and config.fold_rows(train_rows) < EARLY_STOP_ROWS):
         return config
     taken = set(config.fixed) | {p.name for p in config.params}
     added = {k: v for k, v in early_stop_params(config.estimator).items() if k not in taken}
