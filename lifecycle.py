@@ -148,12 +148,12 @@ def _leaves_a_core(prepared: Prepared, options: Options) -> bool:
     config = prepared.config
     fold_rows = config.fold_rows(len(prepared.dataset.X_train))
     threads = fold_threads(config.estimator, config.cv, fold_rows, _cores(options))
-    return options.n_jobs * threads < (os.cpu_count() or 1)
+    return options.n_jobs * threads < runner.usable_cores()
 
 
 def _cores(options: Options) -> int:
     """The cores one worker process may use: its --threads share, else the machine's."""
-    return options.threads or os.cpu_count() or 1
+    return options.threads or runner.usable_cores()
 
 
 def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,

@@ -404,8 +404,15 @@ def limit_threads(threads: int | None) -> None:
     threadpool_limits(limits=threads)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def cores_per_worker(n_jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // n_jobs)
+    return max(1, usable_cores() // n_jobs)
 
 
 def fork_workers(n: int, target: Callable[..., None], *args: Any) -> list[BaseProcess]:

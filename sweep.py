@@ -30,6 +30,7 @@ DEFAULT_CONFIG = "search_space.yaml"
 DEFAULT_STORAGE = "optuna.journal"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 STORAGE_ENV = "SWEEP_STORAGE"
+N_JOBS_ENV = "SWEEP_N_JOBS"
 SHIPPED_CONFIG = Path(__file__).with_name(DEFAULT_CONFIG)  # the embedded, documented default
 
 
@@ -73,11 +74,27 @@ def _study_name(args: argparse.Namespace, may_take_latest: bool = True) -> str:
     return name
 
 
+def _n_jobs(args: argparse.Namespace) -> int:
+    """`sweep run`'s worker processes: --n-jobs, else $SWEEP_N_JOBS, else one per core (the
+    anytime bench: two processes of one thread found the glue's best sooner than one process
+    fitting its folds in threads). A `sweep worker` is one process."""
+    if args.command != "run":
+        return 1
+    if args.n_jobs:
+        return int(args.n_jobs)
+    if os.environ.get(N_JOBS_ENV):
+        try:
+            return _positive_int(os.environ[N_JOBS_ENV])
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError([f"${N_JOBS_ENV} {error}"]) from None
+    return runner.usable_cores()
+
+
 def _options(args: argparse.Namespace) -> lifecycle.Options:
-    n_jobs = getattr(args, "n_jobs", 1)
+    n_jobs = _n_jobs(args)
     threads = args.threads or (runner.cores_per_worker(n_jobs) if n_jobs > 1 else None)
     return lifecycle.Options(threads=threads,
-        storage=_storage(args), tracking_uri=_tracking_uri(args), n_jobs=getattr(args, "n_jobs", 1),
+        storage=_storage(args), tracking_uri=_tracking_uri(args), n_jobs=n_jobs,
         quiet=args.quiet, log_format=getattr(args, "log_format", "text"),
         promote_on_interrupt=not getattr(args, "no_promote_on_interrupt", False), debug=args.debug,
     )
@@ -102,8 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Validate, open both stores, run the trials (here and in workers), then finalize once."""
     overrides = {"study_name": args.study_name, "experiment": args.experiment,
                  "n_trials": args.n_trials, "timeout": args.timeout, "from": args.from_study}
-    prepared = lifecycle.prepare(_config_path(args), overrides)
-    outcome = lifecycle.run(prepared, _options(args))
+    options = _options(args)  # a bad $SWEEP_N_JOBS is refused before the data loads
+    outcome = lifecycle.run(lifecycle.prepare(_config_path(args), overrides), options)
     if outcome.best is not None:
         _emit(_as_json(outcome.best), args.output)
     return outcome.exit_code
@@ -203,8 +220,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="write the best params JSON to this file instead of stdout")
     run.add_argument("--from", dest="from_study", metavar="OLD",
                      help="a new study starts with the trials of study OLD that fit its space")
-    run.add_argument("--n-jobs", type=_positive_int, default=1,
-                     help="worker processes on this machine (default: 1)")
+    run.add_argument("--n-jobs", type=_positive_int,
+                     help=f"worker processes on this machine (default: ${N_JOBS_ENV}, else one per core)")
     run.add_argument("--no-promote-on-interrupt", action="store_true",
                      help="on Ctrl-C or SIGTERM, export nothing and promote nothing")
     run.add_argument("--log-format", choices=("text", "json"), default="text",

@@ -184,9 +184,12 @@ def sweep_run(workdir: Path, space: Path, study: str, *options: str, tracking_ur
     """
     workdir.mkdir(parents=True, exist_ok=True)
     journal = workdir / "optuna.journal"
+    # One process unless the variant says otherwise: these figures are the cost per trial against
+    # the floor's serial fits (the default, one process per core, is the anytime bench's subject).
+    jobs = [] if "--n-jobs" in options else ["--n-jobs", "1"]
     argv = ["run", "-q", "--config", str(space), "--storage", str(journal),
             "--tracking-uri", tracking_uri or f"sqlite:///{workdir}/mlflow.db",
-            "--output", str(workdir / "best.json"), *options]
+            "--output", str(workdir / "best.json"), *jobs, *options]
     if instrumented:
         timed, result = workload("sweep", {"argv": argv}, workdir)
         waits, sampled = (by_number(result[key]) for key in ("link_wait_s", "sampler_s"))

@@ -93,7 +93,7 @@ class Timed:
 
 def run_timed(command: list[str], cwd: Path, timeout_s: float = 7200) -> Timed:
     """Run a child to its end, reading stderr as it comes so each line gets the time it was said."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEP_STORAGE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEP_STORAGE", "SWEEP_N_JOBS")}
     before = _children_cpu()
     launched, started = time.time(), time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,

@@ -65,10 +65,14 @@ def _own_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Each test runs in its own folder, and no MLflow run stays active after it (global state)."""
+    """Each test runs in its own folder, one `sweep run` process by default, and no MLflow run stays
+    active after it (global state)."""
     monkeypatch.chdir(tmp_path)
     for name in ("MLFLOW_TRACKING_URI", "SWEEP_STORAGE"):
         monkeypatch.delenv(name, raising=False)
+    # One process per `sweep run` unless a test asks for more: the default (one per core) would
+    # double every sweep's processes on CI's shared cores. Subprocesses inherit it.
+    monkeypatch.setenv("SWEEP_N_JOBS", "1")
     yield
     import mlflow
 

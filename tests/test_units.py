@@ -4,6 +4,7 @@ record written twice, slot / budget / progress counts, the study-lookup policy, 
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -367,6 +368,25 @@ def test_a_word_for_n_jobs_is_refused_in_plain_words(capsys: pytest.CaptureFixtu
         sweep.main(["run", "--n-jobs", "two"])
     assert exit_.value.code == 2
     assert "argument --n-jobs: must be an integer >= 1. Got 'two' instead." in capsys.readouterr().err
+
+
+def test_n_jobs_defaults_to_one_process_per_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEP_N_JOBS")
+    cores = len(os.sched_getaffinity(0))
+    options = sweep._options(sweep._parser().parse_args(["run"]))
+    assert (options.n_jobs, options.threads) == (cores, None if cores == 1 else 1)
+    monkeypatch.setenv("SWEEP_N_JOBS", "3")
+    assert sweep._options(sweep._parser().parse_args(["run"])).n_jobs == 3
+    assert sweep._options(sweep._parser().parse_args(["run", "--n-jobs", "2"])).n_jobs == 2
+    assert sweep._options(sweep._parser().parse_args(["worker"])).n_jobs == 1
+
+
+def test_a_bad_sweep_n_jobs_is_refused_before_anything_is_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("SWEEP_N_JOBS", "all")
+    assert sweep.main(["run", "--n-trials", "1"]) == 2
+    assert capsys.readouterr().err == "sweep: $SWEEP_N_JOBS must be an integer >= 1. Got 'all' instead.\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_typo_under_data_options_is_collected_with_the_other_problems() -> None:
