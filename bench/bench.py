@@ -179,7 +179,7 @@ def sweep_run(workdir: Path, space: Path, study: str, *options: str, tracking_ur
               instrumented: bool = False) -> SweepRun:
     """`sweep run -q` in its own folder on its own stores; the study's trials read back afterwards.
 
-    `instrumented`: the same sweep.main in workloads.py's process (the console script calls it too), with
+    `instrumented`: the same cli.main in workloads.py's process (the console script calls it too), with
     two timers the study cannot hold: the objective's wait for its MLflow run id, and the sampler.
     """
     workdir.mkdir(parents=True, exist_ok=True)

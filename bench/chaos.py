@@ -307,9 +307,8 @@ def count(storage: str, tracking_uri: str) -> Figures:
     import optuna
     from mlflow import MlflowClient
 
-    import keys
-    import studies
-    from child_runs import RUN_STATUS
+    from gbsweep import keys, studies
+    from gbsweep.child_runs import RUN_STATUS
 
     trials = optuna.load_study(study_name=STUDY, storage=studies.open_storage(storage)).get_trials(deepcopy=False)
     client = MlflowClient(tracking_uri)
@@ -338,8 +337,7 @@ def lost_trials(trials: list) -> tuple[list[int], list[str]]:
     """The trials that did not count (failed, or left running or waiting) and whose params never
     reached a counted trial through their retries (user attr sweep.retry_of, set when a dead
     worker's trial is failed and its params enqueued again); and a note on the failures."""
-    import keys
-    import studies
+    from gbsweep import keys, studies
 
     counted = ("COMPLETE", "PRUNED")
     retries = collections.defaultdict(list)

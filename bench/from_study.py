@@ -98,14 +98,14 @@ def sweep_run(folder: Path, space: Path, study: str, n_trials: int, *extra: str)
 def trials(folder: Path, study: str) -> list[Any]:
     import optuna
 
-    import studies
+    from gbsweep import studies
 
     storage = studies.open_storage(str(folder / "optuna.journal"))
     return optuna.load_study(study_name=study, storage=storage).trials
 
 
 def load(folder: Path, study: str, wall_s: float) -> Study:
-    import keys
+    from gbsweep import keys
 
     carried, new, above = [], [], 0
     done = trials(folder, study)

@@ -41,7 +41,7 @@ def trials_per_minute(storage: str, study: str) -> tuple[int, float]:
     """(completed trials, trials per minute from the first trial's start to the last one's end)."""
     import optuna
 
-    import studies
+    from gbsweep import studies
 
     trials = [t for t in optuna.load_study(study_name=study, storage=studies.open_storage(storage)).trials
               if t.state.name == "COMPLETE"]

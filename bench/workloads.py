@@ -24,8 +24,7 @@ STARTED = time.time()  # before the heavy imports: the child's own start, like `
 
 def _load(spec: dict) -> tuple[Any, Any]:
     """The config and data exactly as `sweep run` loads them (same holdout split, same rows)."""
-    import dataset
-    import search_space
+    from gbsweep import dataset, search_space
 
     config = search_space.load(spec["space"])
     return config, dataset.load(config.data, config.is_classifier, config.cv, config.seed)
@@ -44,8 +43,8 @@ def _splitter(config: Any) -> Any:
 def floor(spec: dict) -> dict:
     """The given param sets, fitted and cross-validated by objective.evaluate: no Optuna, no MLflow.
     `threads`: cap OpenMP/BLAS threads as a `sweep run --n-jobs 2` worker is capped (HistGradientBoosting)."""
-    from objective import build_estimator, evaluate, prepare_folds, scorer_for
-    from params import size_param
+    from gbsweep.objective import build_estimator, evaluate, prepare_folds, scorer_for
+    from gbsweep.params import size_param
 
     config, data = _load(spec)
     if spec.get("threads"):  # after sklearn's import: threadpoolctl caps only the libraries loaded by then
@@ -66,8 +65,8 @@ def floor(spec: dict) -> dict:
 
 def calibrate(spec: dict) -> dict:
     """Seconds per tree of one trial (all folds) at the middle of the space: sizes a ~1 s trial."""
-    from objective import build_estimator, evaluate, prepare_folds, scorer_for
-    from params import size_param
+    from gbsweep.objective import build_estimator, evaluate, prepare_folds, scorer_for
+    from gbsweep.params import size_param
 
     config, data = _load(spec)
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
@@ -101,7 +100,7 @@ def fixed_costs(spec: dict) -> dict:
         seconds[f"import {module}"] = time.perf_counter() - started
     import mlflow
 
-    import tracking
+    from gbsweep import tracking
 
     uri = spec["tracking_uri"]
     by_sweep = uri.replace("mlflow.db", "by-sweep.db")
@@ -342,7 +341,7 @@ def halving(spec: dict) -> dict:
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - makes the import below work
     from sklearn.model_selection import HalvingRandomSearchCV
 
-    from params import size_param
+    from gbsweep.params import size_param
 
     config, data = _load(spec)
     X, y = data.X_train.to_numpy(), data.y_train
@@ -433,13 +432,11 @@ def rescore(spec: dict) -> dict:
 # ---------------------------------------------------------------- sweep, instrumented
 
 def sweep_main(spec: dict) -> dict:
-    """`sweep run` in this process (what the console script runs: sweep.main), with two timers the study
+    """`sweep run` in this process (what the console script runs: cli.main), with two timers the study
     cannot show: the trial's wait for its MLflow child run id (runner._link_run) and the
     sampler's time per trial (around what studies.make_sampler returns). A timer whose function is
     gone from the sweep code is skipped, and said so on stderr: a move must move the timer along."""
-    import runner
-    import studies
-    import sweep
+    from gbsweep import cli, runner, studies
 
     waits: dict[str, float] = {}
     link = getattr(runner, "_link_run", None)
@@ -460,11 +457,11 @@ def sweep_main(spec: dict) -> dict:
     for name, found in (("runner._link_run", link), ("studies.make_sampler", make_sampler)):
         if found is None:
             print(f"bench: {name} is gone from the sweep code: that timer is skipped", file=sys.stderr)
-    code = sweep.main(spec["argv"])
+    code = cli.main(spec["argv"])
     if code != 0:
         raise SystemExit(code)
-    # sweep's console script (sweep.cli, where it exists) skips the interpreter's teardown: so does this one.
-    return {"skip_teardown": hasattr(sweep, "cli"), "link_wait_s": waits if link is not None else None,
+    # sweep's console script (cli.cli, where it exists) skips the interpreter's teardown: so does this one.
+    return {"skip_teardown": hasattr(cli, "cli"), "link_wait_s": waits if link is not None else None,
             "sampler_s": sampler.seconds if make_sampler is not None else None}
 
 

@@ -1,4 +1,4 @@
-"""Range advice (README "Range advice"): unit tests on real in-memory Optuna studies with synthetic
+"""Range advice (docs/search-space.md "Range advice"): unit tests on real in-memory Optuna studies with synthetic
 objectives, and one sweep through the CLI that checks the line on stderr, `advice.txt` on the parent
 run and `sweep best --advice`."""
 
@@ -14,12 +14,9 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
-import advice
-import search_space
-import studies
-import sweep
 from conftest import small_space
-from search_space import SweepConfig
+from gbsweep import advice, cli, search_space, studies
+from gbsweep.search_space import SweepConfig
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -189,7 +186,7 @@ def test_a_sweep_says_it_logs_it_and_best_repeats_it(tmp_path: Path, stores: dic
 
     path = small_space(tmp_path, text=ADVICE_SPACE)
     store_args = ["--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
-    assert sweep.main(["run", "--config", str(path), "-q", *store_args]) == 0
+    assert cli.main(["run", "--config", str(path), "-q", *store_args]) == 0
     err = capsys.readouterr().err.splitlines()
     assert re.fullmatch(LINE, err[-1]), err  # the last line, after the summary
     assert err[-2].startswith("best trial ")
@@ -200,9 +197,9 @@ def test_a_sweep_says_it_logs_it_and_best_repeats_it(tmp_path: Path, stores: dic
     assert Path(logged).read_text() == err[-1] + "\n"
     capsys.readouterr()  # MLflow's download progress bar
 
-    assert sweep.main(["best", "--storage", stores["storage"], "--study-name", "advice", "--advice"]) == 0
+    assert cli.main(["best", "--storage", stores["storage"], "--study-name", "advice", "--advice"]) == 0
     out, said = capsys.readouterr()
     assert json.loads(out)["study"] == "advice"
     assert said.splitlines() == [err[-1]]
-    assert sweep.main(["best", "--storage", stores["storage"], "--study-name", "advice"]) == 0
+    assert cli.main(["best", "--storage", stores["storage"], "--study-name", "advice"]) == 0
     assert capsys.readouterr().err == ""  # only on request

@@ -16,8 +16,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-import studies
 from conftest import ROOT, small_space
+from gbsweep import studies
 
 SLOW_SPACE = """\
 experiment: crash
@@ -292,7 +292,7 @@ def test_n_jobs_two_workers_one_parent_no_duplicates(tmp_path, stores):
 
 
 def test_tracking_server_outage_then_sync_rebuilds_every_run(tmp_path, mlflow_service, capsys):
-    import sweep
+    from gbsweep import cli
 
     stores = {"tracking_uri": mlflow_service.url, "storage": str(tmp_path / "optuna.journal")}
     config = small_space(tmp_path, study="crash", text=SLOW_SPACE.replace("experiment: crash", "experiment: outage")
@@ -315,7 +315,7 @@ def test_tracking_server_outage_then_sync_rebuilds_every_run(tmp_path, mlflow_se
     assert sum(t.state.name == "COMPLETE" for t in trials(stores)) == 20  # the trials went on
 
     for attempt in (1, 2):
-        code = sweep.main(["sync", "--study-name", "crash", "--storage", stores["storage"],
+        code = cli.main(["sync", "--study-name", "crash", "--storage", stores["storage"],
                            "--tracking-uri", stores["tracking_uri"]])
         synced = capsys.readouterr().err
         assert code == 0, synced
@@ -362,13 +362,13 @@ def test_n_jobs_two_hist_gradient_boosting_workers_share_the_cores(tmp_path, sto
 
 
 def test_a_worker_process_caps_its_openmp_threads_to_its_share():
-    import sweep
+    from gbsweep import cli
 
-    args = sweep._parser().parse_args(["run", "--n-jobs", "2"])
-    assert sweep._options(args).threads == max(1, (os.cpu_count() or 1) // 2)
-    assert sweep._options(sweep._parser().parse_args(["run"])).threads is None  # one job: all cores
-    assert sweep._options(sweep._parser().parse_args(["worker", "--threads", "3"])).threads == 3
-    code = ("import runner, sklearn.ensemble, threadpoolctl; runner.limit_threads(1);"
+    args = cli._parser().parse_args(["run", "--n-jobs", "2"])
+    assert cli._options(args).threads == max(1, (os.cpu_count() or 1) // 2)
+    assert cli._options(cli._parser().parse_args(["run"])).threads is None  # one job: all cores
+    assert cli._options(cli._parser().parse_args(["worker", "--threads", "3"])).threads == 3
+    code = ("import sklearn.ensemble, threadpoolctl; from gbsweep import runner; runner.limit_threads(1);"
             " print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))")
     capped = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == "[1]"
@@ -376,7 +376,7 @@ def test_a_worker_process_caps_its_openmp_threads_to_its_share():
 
 def test_a_journal_cut_mid_record_by_an_os_crash_is_repaired_and_the_sweep_resumes(tmp_path, stores, capsys):
     """An OS crash before the disk write loses the journal's tail, cutting a record in two."""
-    import sweep
+    from gbsweep import cli
 
     config = small_space(tmp_path, study="crash", experiment="crash", n_trials=4)
     command = [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
@@ -389,7 +389,7 @@ def test_a_journal_cut_mid_record_by_an_os_crash_is_repaired_and_the_sweep_resum
     torn = max(i for i, line in enumerate(lines) if json.loads(line)["op_code"] == 6)
     journal.write_bytes(b"".join(lines[:torn]) + lines[torn][:len(lines[torn]) // 2])
 
-    code = sweep.main(["best", "--study-name", "crash", "--storage", stores["storage"]])
+    code = cli.main(["best", "--study-name", "crash", "--storage", stores["storage"]])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert err == (f"sweep: warning: {journal}: its last record was cut off ({len(lines[torn]) // 2} bytes,"

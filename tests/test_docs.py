@@ -1,7 +1,9 @@
-"""The README documents every command, option and YAML key, and its command lines parse.
+"""The docs document every command, option and YAML key, their command lines parse, and their links resolve.
 
 In the spirit of simonw/sqlite-utils tests/test_docs.py: a new option or key fails here until the
-README mentions it.
+docs mention it. The docs are README.md, the front page, and the pages under docs/: a command or
+option may be shown on any of them; the options table is on the front page, the YAML key tables
+on docs/search-space.md. The front page stays short and links every page of docs/.
 """
 
 from __future__ import annotations
@@ -9,24 +11,51 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-import params
-import search_space
-import sweep
+from gbsweep import cli, params, search_space
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+SEARCH_SPACE_PAGE = DOCS / "search-space.md"
+FRONT_PAGE_MAX_LINES = 300
 SHELL_FENCES = {"sh", "shell", "bash", "console"}
 SEPARATORS = {"&&", "||", ";", "|"}
 REDIRECTION = re.compile(r"^(\d*|&)(>>?|<)")  # >, >>, <, 2>, 2>&1, &>, >file, ...
 
 
+def docs_pages() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def pages() -> list[Path]:
+    """The front page, then every page under docs/."""
+    return [README, *docs_pages()]
+
+
+def page_name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
 @pytest.fixture(scope="module")
 def readme() -> str:
     return README.read_text()
+
+
+@pytest.fixture(scope="module")
+def docs() -> str:
+    """README.md and every docs/*.md page, as one text."""
+    return "\n\n".join(page.read_text() for page in pages())
+
+
+@pytest.fixture(scope="module")
+def search_space_page() -> str:
+    return SEARCH_SPACE_PAGE.read_text()
 
 
 def subcommands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -35,7 +64,7 @@ def subcommands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Argume
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
-    commands = subcommands_of(sweep._parser())
+    commands = subcommands_of(cli._parser())
     assert commands, "sweep's parser has no subcommands"
     return commands
 
@@ -52,13 +81,13 @@ def mentions(text: str, word: str) -> bool:
 
 
 @pytest.mark.parametrize("name", list(subcommands()))
-def test_subcommand_is_documented(readme: str, name: str) -> None:
-    assert mentions(readme, f"sweep {name}"), f"README.md does not show `sweep {name}`"
+def test_subcommand_is_documented(docs: str, name: str) -> None:
+    assert mentions(docs, f"sweep {name}"), f"neither README.md nor docs/*.md shows `sweep {name}`"
 
 
 @pytest.mark.parametrize(("command", "option"), long_options())
-def test_option_is_documented(readme: str, command: str, option: str) -> None:
-    assert mentions(readme, option), f"README.md does not mention {option} (sweep {command})"
+def test_option_is_documented(docs: str, command: str, option: str) -> None:
+    assert mentions(docs, option), f"neither README.md nor docs/*.md mentions {option} (sweep {command})"
 
 
 def parser_options() -> dict[str, set[str]]:
@@ -101,7 +130,7 @@ def test_the_options_table_names_exactly_the_commands_of_each_option(readme: str
 def key_table_rows(text: str) -> dict[str, list[str]]:
     """First-column `code` -> the other cells, for every table row under `## search_space.yaml`."""
     match = re.search(r"^## search_space\.yaml\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
-    assert match, "README.md has no '## search_space.yaml' section"
+    assert match, "docs/search-space.md has no '## search_space.yaml' section"
     rows = re.findall(r"^\|\s*`([^`]+)`\s*\|(.*)\|\s*$", match.group(1), re.MULTILINE)
     return {name: [cell.strip() for cell in rest.split("|")] for name, rest in rows}
 
@@ -110,30 +139,31 @@ def key_table_names(text: str) -> set[str]:
     return set(key_table_rows(text))
 
 
-def test_key_tables_are_found(readme: str) -> None:
-    assert len(key_table_names(readme)) >= 20
+def test_key_tables_are_found(search_space_page: str) -> None:
+    assert len(key_table_names(search_space_page)) >= 20
 
 
 @pytest.mark.parametrize("key", search_space.TOP_KEYS)
-def test_top_level_key_is_in_the_table(readme: str, key: str) -> None:
-    assert key in key_table_names(readme), f"the README's key table has no row for `{key}`"
+def test_top_level_key_is_in_the_table(search_space_page: str, key: str) -> None:
+    assert key in key_table_names(search_space_page), f"docs/search-space.md's key table has no row for `{key}`"
 
 
 @pytest.mark.parametrize("key", search_space.DATA_KEYS)
-def test_data_key_is_in_the_table(readme: str, key: str) -> None:
-    assert f"data.{key}" in key_table_names(readme), f"the README's key table has no row for `data.{key}`"
+def test_data_key_is_in_the_table(search_space_page: str, key: str) -> None:
+    assert f"data.{key}" in key_table_names(search_space_page), \
+        f"docs/search-space.md's key table has no row for `data.{key}`"
 
 
 @pytest.mark.parametrize("key", sorted({k for keys in params.PARAM_KEYS.values() for k in keys}))
-def test_param_key_is_in_the_table(readme: str, key: str) -> None:
-    assert key in key_table_names(readme), f"the README's param spec table has no row for `{key}`"
+def test_param_key_is_in_the_table(search_space_page: str, key: str) -> None:
+    assert key in key_table_names(search_space_page), f"docs/search-space.md's param spec table has no row for `{key}`"
 
 
 @pytest.mark.parametrize("key", sorted(search_space.DEFAULTS))
-def test_default_is_in_the_table(readme: str, key: str) -> None:
+def test_default_is_in_the_table(search_space_page: str, key: str) -> None:
     """The default column says what DEFAULTS says; None is `null` or a derived name."""
     default = search_space.DEFAULTS[key]
-    cell = key_table_rows(readme)[key][1]
+    cell = key_table_rows(search_space_page)[key][1]
     if default is None:
         assert cell == "`null`" or cell.startswith(("`<", "the ")), (key, cell)
     else:
@@ -177,12 +207,19 @@ def sweep_commands(line: str) -> list[list[str]]:
     return found
 
 
-def documented_commands() -> list[list[str]]:
-    return [argv for line in shell_lines(README.read_text()) for argv in sweep_commands(line)]
+def documented_commands(page: Path) -> list[list[str]]:
+    return [argv for line in shell_lines(page.read_text()) for argv in sweep_commands(line)]
 
 
-def test_the_readme_has_command_lines() -> None:
-    assert len(documented_commands()) >= 5
+COMMAND_LINES = [(page_name(page), argv) for page in pages() for argv in documented_commands(page)]
+
+
+def test_the_front_page_has_command_lines() -> None:
+    assert len(documented_commands(README)) >= 5
+
+
+def test_the_docs_pages_have_command_lines() -> None:
+    assert len(COMMAND_LINES) > len(documented_commands(README))
 
 
 def test_sweep_commands_are_extracted() -> None:
@@ -195,7 +232,7 @@ def test_sweep_commands_are_extracted() -> None:
 
 def strict_parser() -> argparse.ArgumentParser:
     """sweep's parser, refusing abbreviated options, so `--n-trial` in the README is a typo."""
-    parser = sweep._parser()
+    parser = cli._parser()
     for each in [parser, *subcommands_of(parser).values()]:
         each.allow_abbrev = False
     return parser
@@ -204,8 +241,8 @@ def strict_parser() -> argparse.ArgumentParser:
 def parses(argv: list[str]) -> bool:
     try:
         strict_parser().parse_args(argv)
-    except SystemExit:  # argparse's way to refuse
-        return False
+    except SystemExit as exit_:  # argparse's way to refuse; and to answer --help or --version
+        return exit_.code == 0
     return True
 
 
@@ -216,6 +253,78 @@ def test_a_wrong_command_line_does_not_parse() -> None:
     assert not parses(["export"])
 
 
-@pytest.mark.parametrize("argv", documented_commands(), ids=shlex.join)
-def test_command_line_parses(argv: list[str]) -> None:
-    assert parses(argv), f"`sweep {shlex.join(argv)}` in README.md does not parse"
+@pytest.mark.parametrize(("page", "argv"), COMMAND_LINES,
+                         ids=[f"{page}: {shlex.join(argv)}" for page, argv in COMMAND_LINES])
+def test_command_line_parses(page: str, argv: list[str]) -> None:
+    assert parses(argv), f"`sweep {shlex.join(argv)}` in {page} does not parse"
+
+
+# ---------------------------------------------------------------- the pages and their links
+
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+LINK = re.compile(r"!?\[[^\]]*\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")  # [text](target) and ![alt](target)
+SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, ...
+
+
+def prose(text: str) -> str:
+    """The text without its fenced code blocks (a `# comment` there is no heading, `[x](y)` no link)."""
+    return FENCE.sub("", text)
+
+
+def relative_links(page: Path) -> list[str]:
+    return [target for target in LINK.findall(prose(page.read_text())) if not SCHEME.match(target)]
+
+
+def linked_file(page: Path, target: str) -> Path:
+    path = target.partition("#")[0]
+    return (page.parent / path).resolve() if path else page.resolve()
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def heading_anchors(page: Path) -> set[str]:
+    anchors, seen = set(), Counter()
+    for heading in re.findall(r"^#{1,6} +(.+?)\s*$", prose(page.read_text()), re.MULTILINE):
+        anchor = github_anchor(heading)
+        anchors.add(anchor if not seen[anchor] else f"{anchor}-{seen[anchor]}")
+        seen[anchor] += 1
+    return anchors
+
+
+def test_the_front_page_is_short(readme: str) -> None:
+    lines = len(readme.splitlines())
+    assert lines <= FRONT_PAGE_MAX_LINES, f"README.md has {lines} lines; move the details to a page under docs/"
+
+
+def test_the_docs_pages_are_found() -> None:
+    assert SEARCH_SPACE_PAGE in docs_pages()
+
+
+@pytest.mark.parametrize("page", docs_pages(), ids=page_name)
+def test_every_docs_page_is_linked_from_the_front_page(page: Path) -> None:
+    linked = {linked_file(README, target) for target in relative_links(README)}
+    assert page.resolve() in linked, f"README.md does not link {page_name(page)}"
+
+
+@pytest.mark.parametrize("page", pages(), ids=page_name)
+def test_relative_links_point_to_files_that_exist(page: Path) -> None:
+    assert [target for target in relative_links(page) if not linked_file(page, target).exists()] == []
+
+
+@pytest.mark.parametrize("page", pages(), ids=page_name)
+def test_links_to_a_heading_name_one_that_exists(page: Path) -> None:
+    """`page.md#anchor` and `#anchor`: the page has a heading with that anchor."""
+    broken = [target for target in relative_links(page) if "#" in target
+              if linked_file(page, target).suffix == ".md" and linked_file(page, target).exists()
+              and target.partition("#")[2] not in heading_anchors(linked_file(page, target))]
+    assert broken == []
+
+
+def test_links_are_found() -> None:
+    assert "docs/search-space.md#which-study" in relative_links(README)
+    assert github_anchor("Continuing with --from, 2026-11-30") == "continuing-with---from-2026-11-30"
+    assert github_anchor("Deployment numbers: predict_ms and model_bytes") == \
+        "deployment-numbers-predict_ms-and-model_bytes"

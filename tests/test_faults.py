@@ -21,13 +21,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-import jobs
-import lifecycle
-import runner
-import studies
 from conftest import ROOT, small_space
-from errors import DiskFull
-from tracking import Tracker
+from gbsweep import jobs, lifecycle, runner, studies
+from gbsweep.errors import DiskFull
+from gbsweep.tracking import Tracker
 
 SPACE = """\
 experiment: disk

@@ -10,10 +10,10 @@ import pytest
 from mlflow import MlflowClient
 from test_sweep import load_study, run_cli, runs_of, sweep_args
 
-import lifecycle
 from conftest import small_space
-from objective import footprint, prepare_folds
-from params import estimator_class
+from gbsweep import lifecycle
+from gbsweep.objective import footprint, prepare_folds
+from gbsweep.params import estimator_class
 
 # model_bytes grows with max_depth: a limit between the depths splits the trials
 SPACE = """\

@@ -12,8 +12,8 @@ import time
 import optuna
 from mlflow import MlflowClient
 
-import studies
 from conftest import ROOT, small_space
+from gbsweep import studies
 
 SPACE = """\
 experiment: {experiment}

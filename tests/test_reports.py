@@ -22,11 +22,8 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-import reports
-import studies
-import sweep
-import ui
-from conftest import free_port, small_space
+from conftest import ROOT, free_port, small_space
+from gbsweep import cli, reports, studies, ui
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWEEP_PLOTS = {"plots/optimization_history.png", "plots/parallel_coordinate.png",
@@ -34,7 +31,7 @@ SWEEP_PLOTS = {"plots/optimization_history.png", "plots/parallel_coordinate.png"
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    code = sweep.main(list(args))
+    code = cli.main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -45,7 +42,7 @@ def load_study(storage: str, name: str) -> optuna.Study:
 
 def run_small_sweep(folder: Path, stores: dict, study: str = "small", n_trials: int = 4) -> optuna.Study:
     config = small_space(folder, study=study, n_trials=n_trials)
-    code = sweep.main(["run", "-q", "--config", str(config), "--storage", stores["storage"],
+    code = cli.main(["run", "-q", "--config", str(config), "--storage", stores["storage"],
                        "--tracking-uri", stores["tracking_uri"]])
     assert code == 0
     return load_study(stores["storage"], study)
@@ -305,7 +302,7 @@ def test_ui_refuses_a_tracking_store_that_is_not_there(finished, stores, capsys,
 
 
 def ui_command(stores: dict, port: int) -> list[str]:
-    return [sys.executable, str(Path(sweep.__file__)), "ui", "--study-name", "small", "--port", str(port),
+    return [sys.executable, str(ROOT / "sweep.py"), "ui", "--study-name", "small", "--port", str(port),
             "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
 
 
@@ -426,8 +423,8 @@ def test_the_progress_line_counts_the_study_total_on_resume(stores, capsys, tmp_
 
 
 def test_help_answers_fast_without_heavy_imports():
-    code = ("import sys, sweep; sweep._parser(); "
+    code = ("import sys; from gbsweep import cli; cli._parser(); "
             "print(sorted(m for m in ('mlflow', 'optuna', 'sklearn', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=Path(sweep.__file__).parent, env={**os.environ, "PYTHONPATH": ""})
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ""})
     assert result.stdout.strip() == "[]"

@@ -10,14 +10,11 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
-import keys
-import runner
-import studies
-import sweep
 from conftest import SMALL_SPACE, small_space
-from errors import ConfigError
-from objective import PRUNING_REPORTS, build_estimator, evaluate, prepare_folds, scorer_for
-from search_space import parse, with_early_stop
+from gbsweep import cli, keys, runner, studies
+from gbsweep.errors import ConfigError
+from gbsweep.objective import PRUNING_REPORTS, build_estimator, evaluate, prepare_folds, scorer_for
+from gbsweep.search_space import parse, with_early_stop
 
 EARLY_STOP = {"n_iter_no_change": 10, "validation_fraction": 0.1}
 
@@ -27,7 +24,7 @@ def space_text(n_trials: int = 3, extra: str = "", study: str = "pays") -> str:
 
 
 def run(capsys: pytest.CaptureFixture, config, stores: dict, *extra: str) -> tuple[int, str, str]:
-    code = sweep.main(["run", "-q", "--config", str(config), "--storage", stores["storage"],
+    code = cli.main(["run", "-q", "--config", str(config), "--storage", stores["storage"],
                        "--tracking-uri", stores["tracking_uri"], *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -115,7 +112,7 @@ def test_a_sweep_with_the_early_stop_grows_fewer_trees_and_exports_the_stop(tmp_
     mlflow.set_tracking_uri(stores["tracking_uri"])  # another test may have left the global one elsewhere
     model = mlflow.sklearn.load_model("models:/exp@champion")
     assert model.get_params()["n_iter_no_change"] == 10 and model.n_estimators_ <= 60
-    code = sweep.main(["trials", "--format", "csv", "--study-name", "pays", "--storage", stores["storage"]])
+    code = cli.main(["trials", "--format", "csv", "--study-name", "pays", "--storage", stores["storage"]])
     header = capsys.readouterr().out.splitlines()[0].split(",")
     assert code == 0 and "trees" in header
 

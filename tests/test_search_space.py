@@ -19,13 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-import lifecycle
-import params
-import search_space
-import sweep
-from errors import ConfigError
-from params import Param
-from search_space import BUNDLED, DataConfig, SweepConfig, parse, suggest
+from gbsweep import cli, lifecycle, params, search_space
+from gbsweep.errors import ConfigError
+from gbsweep.params import Param
+from gbsweep.search_space import BUNDLED, DataConfig, SweepConfig, parse, suggest
 
 ROOT = Path(__file__).resolve().parents[1]
 STORES = ("mlflow.db", "optuna.journal", "mlruns")
@@ -76,7 +73,7 @@ def problems_of(text: str) -> list[str]:
 def validate(capsys: pytest.CaptureFixture, config: Path) -> tuple[int, str, str]:
     """`sweep validate --config <config>` in-process: (exit code, stdout, stderr); it writes no file."""
     before = sorted(os.listdir("."))
-    code = sweep.main(["validate", "--config", str(config)])
+    code = cli.main(["validate", "--config", str(config)])
     out, err = capsys.readouterr()
     assert sorted(os.listdir(".")) == before
     assert not [name for name in STORES if Path(name).exists()]
@@ -479,7 +476,7 @@ def test_validate_accepts_the_shipped_space(capsys: pytest.CaptureFixture) -> No
 
 def test_validate_falls_back_to_the_shipped_space(capsys: pytest.CaptureFixture) -> None:
     before = sorted(os.listdir("."))
-    assert sweep.main(["validate"]) == 0
+    assert cli.main(["validate"]) == 0
     assert capsys.readouterr() == ("ok\n", "")
     assert sorted(os.listdir(".")) == before
 

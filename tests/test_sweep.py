@@ -14,13 +14,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-import studies
-import sweep
 from conftest import small_space
+from gbsweep import cli, studies
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    code = sweep.main(list(args))
+    code = cli.main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -55,7 +54,7 @@ def shared(tmp_path_factory):
     os.chdir(root)  # the sqlite store's artifacts go to ./mlruns
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = sweep.main(sweep_args(config, stores))
+            code = cli.main(sweep_args(config, stores))
     finally:
         os.chdir(cwd)
     assert code == 0, err.getvalue()

@@ -16,11 +16,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-import keys
-import studies
-import sweep
-import ui
 from conftest import ROOT, small_space
+from gbsweep import cli, keys, studies, ui
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots for CI (git-ignored)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -119,10 +116,10 @@ def swept_on_server(tmp_path: Path, server: str, name: str, space: str, capsys) 
     """Run the space against the session's server; return its study and the compare link `sweep ui` prints."""
     storage = str(tmp_path / "optuna.journal")
     config = small_space(tmp_path, study=name, text=space.format(name=name))
-    code = sweep.main(["run", "-q", "--config", str(config), "--storage", storage, "--tracking-uri", server])
+    code = cli.main(["run", "-q", "--config", str(config), "--storage", storage, "--tracking-uri", server])
     assert code == 0, capsys.readouterr().err
     capsys.readouterr()
-    code = sweep.main(["ui", "--no-serve", "--tracking-uri", server, "--storage", storage,
+    code = cli.main(["ui", "--no-serve", "--tracking-uri", server, "--storage", storage,
                        "--study-name", name])
     out = capsys.readouterr().out
     assert code == 0
@@ -132,17 +129,30 @@ def swept_on_server(tmp_path: Path, server: str, name: str, space: str, capsys) 
 
 
 def choose(page, which: int, wanted: set[str]) -> None:
-    """In the Parameters (0) or Metrics (1) select, leave exactly `wanted` selected."""
+    """In the Parameters (0) or Metrics (1) select, leave exactly `wanted` selected.
+
+    One dropdown open at a time: the one closed last stays in the page, still matching OPEN_DROPDOWN,
+    until its closing animation ends, and its options counted with the new one's made a sixth option
+    that then vanished (issue 19). So each wait is on the page's state: the last dropdown gone, this
+    one open with every wanted option, read in one go; and after Escape, this one gone too.
+    """
+    page.locator(OPEN_DROPDOWN).wait_for(state="detached")
     page.locator(SELECT).nth(which).click()
-    options = page.locator(f"{OPEN_DROPDOWN} .du-bois-light-select-item-option")
-    options.first.wait_for()
-    offered = {options.nth(i).get_attribute("title") for i in range(options.count())}
-    assert wanted <= offered, f"the UI offers {sorted(offered)}, not all of {sorted(wanted)}"
-    for name in sorted(offered):
-        option = page.locator(f'{OPEN_DROPDOWN} .du-bois-light-select-item-option[title="{name}"]')
-        if (option.get_attribute("aria-selected") == "true") != (name in wanted):
-            option.click()
+    page.wait_for_function(
+        """([open, wanted]) => {
+            const dropdowns = document.querySelectorAll(open);
+            if (dropdowns.length !== 1) return false;
+            const titles = new Set(Array.from(dropdowns[0].querySelectorAll('.du-bois-light-select-item-option'),
+                                              o => o.getAttribute('title')));
+            return wanted.every(name => titles.has(name));
+        }""", arg=[OPEN_DROPDOWN, sorted(wanted)])
+    options = page.locator(f"{OPEN_DROPDOWN} .du-bois-light-select-item-option").evaluate_all(
+        "options => options.map(o => [o.getAttribute('title'), o.getAttribute('aria-selected') === 'true'])")
+    for name, selected in sorted(options):
+        if selected != (name in wanted):
+            page.locator(f'{OPEN_DROPDOWN} .du-bois-light-select-item-option[title="{name}"]').click()
     page.keyboard.press("Escape")
+    page.locator(OPEN_DROPDOWN).wait_for(state="detached")
 
 
 def plotted_dimensions(browser, link: str, params: set[str], metrics: set[str], screenshot: Path) -> dict:
@@ -158,7 +168,8 @@ def plotted_dimensions(browser, link: str, params: set[str], metrics: set[str], 
         choose(page, 1, metrics)
         page.wait_for_function(
             f"n => document.querySelector('{PLOT}').data[0].dimensions.length === n", arg=len(params | metrics))
-        page.wait_for_timeout(500)  # the WebGL lines are drawn after the data is set
+        # The WebGL lines are drawn on the frames after the data is set: let two frames pass.
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=True)
         dimensions = page.evaluate(f"""() => document.querySelector('{PLOT}').data[0].dimensions.map(

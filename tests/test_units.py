@@ -14,15 +14,9 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-import child_runs
-import dataset
-import keys
-import rdb
-import runner
-import studies
-import sweep
-from errors import ConfigError, mask_uri, public_url
-from objective import (
+from gbsweep import child_runs, cli, dataset, keys, rdb, runner, studies
+from gbsweep.errors import ConfigError, mask_uri, public_url
+from gbsweep.objective import (
     PREDICT_ROWS,
     PRUNING_REPORTS,
     build_estimator,
@@ -31,8 +25,8 @@ from objective import (
     prepare_folds,
     scorer_for,
 )
-from params import size_param
-from search_space import parse
+from gbsweep.params import size_param
+from gbsweep.search_space import parse
 
 SPACE = """\
 study_name: units
@@ -356,7 +350,7 @@ def test_the_health_probe_of_an_ipv6_server_names_the_refusal(capsys: pytest.Cap
     with socket.socket(socket.AF_INET6) as sock:
         sock.bind(("::1", 0))
         port = sock.getsockname()[1]  # free once closed: nothing listens there
-    code = sweep.main(["run", "--tracking-uri", f"http://[::1]:{port}"])
+    code = cli.main(["run", "--tracking-uri", f"http://[::1]:{port}"])
     err = capsys.readouterr().err
     assert code == 2
     assert err == (f"sweep: tracking URI http://[::1]:{port}: cannot be used: no answer from the server"
@@ -365,7 +359,7 @@ def test_the_health_probe_of_an_ipv6_server_names_the_refusal(capsys: pytest.Cap
 
 def test_a_word_for_n_jobs_is_refused_in_plain_words(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
-        sweep.main(["run", "--n-jobs", "two"])
+        cli.main(["run", "--n-jobs", "two"])
     assert exit_.value.code == 2
     assert "argument --n-jobs: must be an integer >= 1. Got 'two' instead." in capsys.readouterr().err
 
@@ -373,18 +367,18 @@ def test_a_word_for_n_jobs_is_refused_in_plain_words(capsys: pytest.CaptureFixtu
 def test_n_jobs_defaults_to_one_process_per_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SWEEP_N_JOBS")
     cores = len(os.sched_getaffinity(0))
-    options = sweep._options(sweep._parser().parse_args(["run"]))
+    options = cli._options(cli._parser().parse_args(["run"]))
     assert (options.n_jobs, options.threads) == (cores, None if cores == 1 else 1)
     monkeypatch.setenv("SWEEP_N_JOBS", "3")
-    assert sweep._options(sweep._parser().parse_args(["run"])).n_jobs == 3
-    assert sweep._options(sweep._parser().parse_args(["run", "--n-jobs", "2"])).n_jobs == 2
-    assert sweep._options(sweep._parser().parse_args(["worker"])).n_jobs == 1
+    assert cli._options(cli._parser().parse_args(["run"])).n_jobs == 3
+    assert cli._options(cli._parser().parse_args(["run", "--n-jobs", "2"])).n_jobs == 2
+    assert cli._options(cli._parser().parse_args(["worker"])).n_jobs == 1
 
 
 def test_a_bad_sweep_n_jobs_is_refused_before_anything_is_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("SWEEP_N_JOBS", "all")
-    assert sweep.main(["run", "--n-trials", "1"]) == 2
+    assert cli.main(["run", "--n-trials", "1"]) == 2
     assert capsys.readouterr().err == "sweep: $SWEEP_N_JOBS must be an integer >= 1. Got 'all' instead.\n"
     assert list(tmp_path.iterdir()) == []
 
@@ -403,20 +397,19 @@ def test_a_typo_under_data_options_is_collected_with_the_other_problems() -> Non
 def test_a_tracking_store_that_cannot_be_had_is_refused_before_anything_is_created(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "no" / "such" / "folder" / "mlflow.db"
-    assert sweep.main(["run", "--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert cli.main(["run", "--tracking-uri", f"sqlite:///{missing}"]) == 2
     assert capsys.readouterr().err == (f"sweep: tracking URI sqlite:///{missing}: cannot be used: the folder"
                                        f" '{missing.parent}' does not exist.\n")
     not_mlflow = tmp_path / "mlflow.db"
     not_mlflow.write_text("not a database")
-    assert sweep.main(["run", "--tracking-uri", f"sqlite:///{not_mlflow}"]) == 2
+    assert cli.main(["run", "--tracking-uri", f"sqlite:///{not_mlflow}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"sweep: tracking URI sqlite:///{not_mlflow}: cannot be used: ") and "\n" == err[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no study, no runs
 
 
 def test_the_best_trial_so_far_is_refitted_ahead_and_handed_over(tmp_path: Path) -> None:
-    import jobs
-    import lifecycle
+    from gbsweep import jobs, lifecycle
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
@@ -441,7 +434,7 @@ def test_the_best_trial_so_far_is_refitted_ahead_and_handed_over(tmp_path: Path)
 
 def test_a_new_sqlite_store_is_a_copy_of_the_cached_empty_one_and_opens_as_made_here(tmp_path: Path,
                                                                                    monkeypatch: pytest.MonkeyPatch):
-    import tracking
+    from gbsweep import tracking
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for folder in ("a", "b"):  # a: the template is migrated; b: only copied
@@ -463,7 +456,7 @@ def test_a_new_sqlite_store_is_a_copy_of_the_cached_empty_one_and_opens_as_made_
 
 def test_without_a_writable_cache_folder_a_new_sqlite_store_is_migrated_in_place(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch):
-    import tracking
+    from gbsweep import tracking
 
     (tmp_path / "not-a-folder").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))

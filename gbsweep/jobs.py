@@ -13,17 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import child_runs
-import dataset
-import keys
-import reports
-import studies
-import tracking
-from errors import DiskFull, SweepFailed, disk_full, first_line, say
-from objective import build_model, scorer_for
-from recorder import Agent, Job
-from search_space import MEASURED, SweepConfig
-from tracking import Tracker
+from gbsweep import child_runs, dataset, keys, reports, studies, tracking
+from gbsweep.errors import DiskFull, SweepFailed, disk_full, first_line, say
+from gbsweep.objective import build_model, scorer_for
+from gbsweep.recorder import Agent, Job
+from gbsweep.search_space import MEASURED, SweepConfig
+from gbsweep.tracking import Tracker
 
 if TYPE_CHECKING:
     from optuna import Study

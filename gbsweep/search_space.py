@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-import keys
-import params
-from errors import ConfigError, first_line
-from params import (
+from gbsweep import keys, params
+from gbsweep.errors import ConfigError, first_line
+from gbsweep.params import (
     Param,
     check_estimator_params,
     check_grid,

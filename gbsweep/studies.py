@@ -14,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import keys
-import rdb
-from errors import ConfigError, SweepFailed, disk_full, first_line, mask_uri, say
-from search_space import MEASURED, SweepConfig, without_early_stop
+from gbsweep import keys, rdb
+from gbsweep.errors import ConfigError, SweepFailed, disk_full, first_line, mask_uri, say
+from gbsweep.search_space import MEASURED, SweepConfig, without_early_stop
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -187,7 +186,7 @@ def make_sampler(config: SweepConfig, seed: int | None = None) -> BaseSampler:
     sampler reads the trials' constraints (Optuna's Trial.set_constraint); TPE learns from them."""
     import optuna.samplers as samplers
 
-    from search_space import grid
+    from gbsweep.search_space import grid
 
     seed = config.seed if seed is None else seed
     if config.sampler == "grid":
@@ -266,7 +265,7 @@ def start_cheap(study: Study, config: SweepConfig) -> None:
     """TPE's first trial is the estimator's own defaults where the space holds them (FLAML's cheap
     start: a model of default size, usually strong): the sweep has a good incumbent after one
     ordinary trial instead of after TPE's random start-up. Other samplers draw as documented."""
-    from params import default_point
+    from gbsweep.params import default_point
 
     point = default_point(config.estimator, config.params) if config.sampler == "tpe" else {}
     if point:
@@ -329,7 +328,7 @@ def _file_exists(path: str) -> bool:
 
 def study_config(study: Study) -> SweepConfig:
     """The sweep's config as the study remembers it (what `sweep run` validated)."""
-    import search_space
+    from gbsweep import search_space
 
     overrides = {"study_name": study.study_name, "n_trials": study.user_attrs.get(keys.N_TRIALS),
                  "from": study.user_attrs.get(keys.FROM_STUDY)}

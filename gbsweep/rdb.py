@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from errors import SweepFailed, causes, first_line
+from gbsweep.errors import SweepFailed, causes, first_line
 
 
 class StorageLost(SweepFailed):

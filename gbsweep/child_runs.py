@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import keys
-import studies
+from gbsweep import keys, studies
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from optuna import Study
     from optuna.trial import FrozenTrial
 
-    from search_space import SweepConfig
+    from gbsweep.search_space import SweepConfig
 
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_TAG_LENGTH = 5000

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import child_runs
-import keys
-import studies
-from errors import ConfigError, mask_uri, public_url, say
+from gbsweep import child_runs, keys, studies
+from gbsweep.errors import ConfigError, mask_uri, public_url, say
 
 if TYPE_CHECKING:
     import subprocess

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from errors import ConfigError, first_line
-from search_space import DataConfig
+from gbsweep.errors import ConfigError, first_line
+from gbsweep.search_space import DataConfig
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import studies
-from errors import disk_full, first_line, say
-from search_space import MEASURED
+from gbsweep import studies
+from gbsweep.errors import disk_full, first_line, say
+from gbsweep.search_space import MEASURED
 
 if TYPE_CHECKING:
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import keys
-import studies
-from errors import ConfigError, mask_uri
-from params import estimator_class, holds, is_active, same_value
-from search_space import MEASURED
+from gbsweep import keys, studies
+from gbsweep.errors import ConfigError, mask_uri
+from gbsweep.params import estimator_class, holds, is_active, same_value
+from gbsweep.search_space import MEASURED
 
 if TYPE_CHECKING:
     from optuna import Study
     from optuna.trial import FrozenTrial
 
-    from search_space import SweepConfig
+    from gbsweep.search_space import SweepConfig
 
 CARRIED_STATES = ("COMPLETE", "PRUNED")
 # the trial's own numbers go with it: its child run in the new study logs them too

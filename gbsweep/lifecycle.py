@@ -16,21 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import advice
-import carry
-import child_runs
-import dataset
-import jobs
-import keys
-import runner
-import search_space
-import studies
-import tracking
-from errors import ConfigError, DiskFull, SweepFailed, guard, say
-from jobs import Prepared
-from objective import check_metric, fold_threads, prepare_folds
-from recorder import TrialRecorder
-from tracking import Tracker
+from gbsweep import advice, carry, child_runs, dataset, jobs, keys, runner, search_space, studies, tracking
+from gbsweep.errors import ConfigError, DiskFull, SweepFailed, guard, say
+from gbsweep.jobs import Prepared
+from gbsweep.objective import check_metric, fold_threads, prepare_folds
+from gbsweep.recorder import TrialRecorder
+from gbsweep.tracking import Tracker
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess

@@ -24,11 +24,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import keys
-import studies
-from child_runs import RunState, TrialRecord, ms, run_tags, trial_record, with_retries, write_record
-from errors import ConfigError, SweepFailed, first_line, mask_uri
-from tracking import create_sqlite_store_whole, use_quick_client_settings
+from gbsweep import keys, studies
+from gbsweep.child_runs import RunState, TrialRecord, ms, run_tags, trial_record, with_retries, write_record
+from gbsweep.errors import ConfigError, SweepFailed, first_line, mask_uri
+from gbsweep.tracking import create_sqlite_store_whole, use_quick_client_settings
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
-    from search_space import SweepConfig
+    from gbsweep.search_space import SweepConfig
 
 FLUSH_TIMEOUT_S = 120  # how long the end of a sweep waits for queued MLflow writes
 JOB_TIMEOUT_S = 3600  # finalize refits on the whole training part; a dead recorder is seen at once

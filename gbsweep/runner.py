@@ -19,13 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import keys
-import rdb
-import studies
-from errors import DiskFull, disk_full
-from objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for
-from params import size_param
-from search_space import MEASURED, SweepConfig, suggest
+from gbsweep import keys, rdb, studies
+from gbsweep.errors import DiskFull, disk_full
+from gbsweep.objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for
+from gbsweep.params import size_param
+from gbsweep.search_space import MEASURED, SweepConfig, suggest
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
     from optuna import Study, Trial
     from optuna.trial import FrozenTrial
 
-    from recorder import TrialRecorder
+    from gbsweep.recorder import TrialRecorder
 
 POLL_S = 1.0  # how often a finishing `sweep run` looks at other workers' running trials
 WORKER_STOP_S = 5  # how long workers get to close their trial after an interrupt (a supervisor may give 10 s)

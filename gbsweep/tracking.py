@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import advice
-import keys
-from errors import ConfigError, first_line, mask_uri, public_url
-from search_space import MEASURED
+from gbsweep import advice, keys
+from gbsweep.errors import ConfigError, first_line, mask_uri, public_url
+from gbsweep.search_space import MEASURED
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-    from search_space import SweepConfig
+    from gbsweep.search_space import SweepConfig
 
 HEALTH_TIMEOUT_S = 5
 

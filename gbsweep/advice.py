@@ -1,5 +1,5 @@
 """Range advice: a numeric param whose best trials crowd one end of its range, where the estimator
-would take values past that end, is named with the bound to move (README "Range advice").
+would take values past that end, is named with the bound to move (docs/search-space.md "Range advice").
 
 Pure: a config and its study's trials in, one line per param out; nothing is said when there is
 nothing to say. `sweep run` prints the lines and logs them as `advice.txt`; `sweep best --advice`
@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from params import Param, accepts
+from gbsweep.params import Param, accepts
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from search_space import SweepConfig
+    from gbsweep.search_space import SweepConfig
 
 MIN_TRIALS = 10  # completed trials (that sampled the param) before anything is said
 TOP = 5  # the best trials looked at

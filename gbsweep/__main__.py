@@ -1,0 +1,5 @@
+"""`python -m gbsweep ...` is `sweep ...`."""
+
+from gbsweep.cli import cli
+
+cli()
