@@ -8,7 +8,7 @@ FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY . .
 # The one step the test does not run: the test's venv has setuptools already.
-RUN python -m pip install --quiet --no-cache-dir "setuptools>=68" \
+RUN python -m pip install --quiet --no-cache-dir "setuptools>=70.1" \
  && sh deploy/install.sh build /src /dist
 
 FROM python:3.11-slim

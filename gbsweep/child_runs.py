@@ -64,7 +64,7 @@ def trial_record(trial: FrozenTrial, config: SweepConfig, study_name: str, paren
     if trial.constraints:
         metrics.append((FEASIBLE, float(studies.feasible(trial)), 0))
     tags = run_tags(trial.number, state, study_name, parent_run_id)
-    tags |= {key: str(attrs[key]) for key in (keys.FROM_STUDY, keys.FROM_TRIAL) if key in attrs}
+    tags |= {key: str(attrs[key]) for key in (keys.WORKER, keys.FROM_STUDY, keys.FROM_TRIAL) if key in attrs}
     error = attrs.get(keys.ERROR)
     if error and state == "FAIL":
         tags[keys.ERROR] = error[:MAX_TAG_LENGTH]
@@ -112,6 +112,8 @@ def write_record(client: MlflowClient, experiment_id: str, record: TrialRecord,
         created = client.create_run(experiment_id, start_time=record.start_ms,
                                     run_name=f"trial-{record.number}", tags=record.tags)
         run = RunState(created.info.run_id, {}, frozenset(), dict(record.tags), "RUNNING")
+        if record.status != "RUNNING":  # a repair, or a late write: the trial's worker may have made one too
+            run = one_run(client, experiment_id, record.tags[keys.PARENT_RUN_TAG], record.number) or run
     params = [Param(k, v) for k, v in record.params.items() if k not in run.params]
     metrics = [Metric(k, v, record.end_ms or record.start_ms, step)
                for k, v, step in record.metrics if k not in run.metrics]
@@ -123,6 +125,19 @@ def write_record(client: MlflowClient, experiment_id: str, record: TrialRecord,
         client.set_terminated(run.run_id, status=record.status, end_time=record.end_ms)
         wrote = True
     return run.run_id, wrote
+
+
+def one_run(client: MlflowClient, experiment_id: str, parent_run_id: str, number: int) -> RunState | None:
+    """The trial's one child run, where two processes each created one: a worker whose tracking
+    server was out of reach while its trial ran (a host cut off from it), and the repair at the
+    end of the sweep or `sweep sync`, which found no run for the finished trial. Whoever looks
+    after creating keeps the same run (the smallest run id) and deletes the others, so the two
+    agree without talking to each other."""
+    query = f"tags.`{keys.PARENT_RUN_TAG}` = '{parent_run_id}' and tags.`{keys.TRIAL_NUMBER}` = '{number}'"
+    runs = sorted(client.search_runs([experiment_id], query, max_results=100), key=lambda r: r.info.run_id)
+    for twin in runs[1:]:
+        client.delete_run(twin.info.run_id)
+    return RunState.of(runs[0]) if runs else None
 
 
 def sync(client: MlflowClient, study: Study, config: SweepConfig, parent_run_id: str) -> int:

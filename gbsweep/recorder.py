@@ -25,7 +25,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gbsweep import keys, studies
-from gbsweep.child_runs import RunState, TrialRecord, ms, run_tags, trial_record, with_retries, write_record
+from gbsweep.child_runs import (
+    RunState,
+    TrialRecord,
+    ms,
+    one_run,
+    run_tags,
+    trial_record,
+    with_retries,
+    write_record,
+)
 from gbsweep.errors import ConfigError, SweepFailed, first_line, mask_uri
 from gbsweep.tracking import create_sqlite_store_whole, use_quick_client_settings
 
@@ -44,6 +53,9 @@ JOB_TIMEOUT_S = 3600  # finalize refits on the whole training part; a dead recor
 READY_TIMEOUT_S = 120  # a new store's tables take seconds to create here
 STORE_DOWN_PAUSE_S = 30  # after a write failed all its retries, later writes wait this long unsent
 ALIVE_POLL_S = 0.5  # how often a waiting side checks that the other one still runs
+# A child run created this long after asking, or not linked to its trial (finished by then), may
+# have a twin from the repair: its trial's close looks for one first (child_runs.one_run).
+SLOW_CREATE_S = 1.0
 
 Job = Callable[..., Any]  # job(agent, *args), run in the recorder's process
 TrialHook = Callable[["Agent", "FrozenTrial"], None]
@@ -201,6 +213,7 @@ class Agent:
         self.error = ""  # why the store or the parent run could not be had, in one line
         self.parent_run_id, self.experiment_id = "", ""
         self.opened: dict[int, RunState] = {}
+        self.late: set[int] = set()  # trials whose run was created late (SLOW_CREATE_S)
         self.unlogged: set[int] = set()
         self._down_until = 0.0
         self._storage: BaseStorage | None = None
@@ -239,14 +252,20 @@ class Agent:
     def open_run(self, number: int, start_ms: int) -> None:
         tags = run_tags(number, "RUNNING", self.config.study_name, self.parent_run_id)
         record = TrialRecord(number, "RUNNING", {}, [], tags, start_ms, None)
+        started = time.monotonic()
         run_id = self._write(record, None)
         if run_id is not None:
             self.opened[number] = RunState(run_id, {}, frozenset(), dict(tags), "RUNNING")
-            self._link(number, run_id)
+            if not self._link(number, run_id) or time.monotonic() - started > SLOW_CREATE_S:
+                self.late.add(number)
 
     def close_run(self, trial: FrozenTrial) -> None:
         record = trial_record(trial, self.config, self.config.study_name, self.parent_run_id)
-        self._write(record, self.opened.pop(trial.number, None))
+        run = self.opened.pop(trial.number, None)
+        if trial.number in self.late:  # its run may have a twin: see child_runs.one_run
+            self.late.discard(trial.number)
+            run = self._one_run(trial.number) or run
+        self._write(record, run)
         if self.on_trial_end is not None:
             self.on_trial_end(self, trial)
 
@@ -265,9 +284,9 @@ class Agent:
         self.store_down.clear()
         return str(run_id)
 
-    def _link(self, number: int, run_id: str) -> None:
+    def _link(self, number: int, run_id: str) -> bool:
         """Keep the child run id on the trial, while it runs (a finished trial cannot take it: then
-        the readers find the run by its tags)."""
+        the readers find the run by its tags); whether it took it."""
         try:
             storage = self.storage()
             if self._study_id is None:
@@ -275,7 +294,17 @@ class Agent:
             trial_id = storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
             storage.set_trial_user_attr(trial_id, keys.RUN_ID, run_id)
         except Exception:  # the trial finished first, or the storage is busy: the tags still tell
-            pass
+            return False
+        return True
+
+    def _one_run(self, number: int) -> RunState | None:
+        """The trial's one run, its twins deleted; None when the store cannot tell now."""
+        if self.client is None:
+            return None
+        try:
+            return one_run(self.client, self.experiment_id, self.parent_run_id, number)
+        except Exception:  # the write that follows meets the same store, and says so
+            return None
 
 
 def _serve(agent: Agent, jobs: dict[str, Job], requests: Any, replies: Any) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gbsweep import keys, rdb, studies
-from gbsweep.errors import DiskFull, disk_full
+from gbsweep.errors import DiskFull, disk_full, say
 from gbsweep.objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for
 from gbsweep.params import size_param
 from gbsweep.search_space import MEASURED, SweepConfig, suggest
@@ -63,10 +63,12 @@ class TrialRunner:
         self.scorer = scorer_for(config)
         self.size = size_param(config.estimator)
         self.pruning = config.pruner != "none"
+        self.number: int | None = None  # the trial this process runs now, or ran last
 
     def __call__(self, trial: Trial) -> float | list[float]:
         import optuna
 
+        self.number = trial.number
         trial.set_user_attr(keys.WORKER, self.worker)
         if not self.counter.has_slot(trial.study, self.config.n_trials, trial):
             trial.set_user_attr(keys.SURPLUS, True)
@@ -305,16 +307,42 @@ def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Pro
         if progress is not None:
             progress.show(trial, tally)
 
-    now = tally.counter.count(study)
-    if now.counted + now.running < tally.total and not now.plateaued(tally.patience):
+    deadline = time.monotonic() + timeout if timeout else None
+    while _has_open_slots(study, tally):
         try:
-            study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after_trial])
+            study.optimize(objective, timeout=deadline - time.monotonic() if deadline else None,
+                           catch=(TrialFailed,), callbacks=[after_trial])
+            break
         except Exception as error:  # Optuna may raise another error (its own) while handling the storage's
             cause = disk_full(error) or rdb.storage_lost(error)
-            if cause is None:
+            if cause is not None:
+                raise cause from None
+            if not _finished_elsewhere(study, objective.number):
                 raise
-            raise cause from None
+        if deadline and time.monotonic() >= deadline:
+            break
     tally.check()
+
+
+def _has_open_slots(study: Study, tally: Tally) -> bool:
+    now = tally.counter.count(study)
+    return now.counted + now.running < tally.total and not now.plateaued(tally.patience)
+
+
+def _finished_elsewhere(study: Study, number: int | None) -> bool:
+    """Whether this process's trial was finished by another: its heartbeats went silent (the host
+    cut off from the storage, or paused) for the grace period, so a worker of the study failed it
+    and retries its params. This process lost the trial, not the sweep: it says so and goes on
+    (its result is not told, so not counted; `sweep run` completes its child run from the study)."""
+    if number is None:
+        return False
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or not trial.state.is_finished():
+        return False
+    say(f"trial {number}: failed by the study's other workers while this process could not reach the"
+        f" storage for {studies.GRACE_S} s (its heartbeats stopped); its params are retried there,"
+        " and this process goes on.")
+    return True
 
 
 def run_until_done(study: Study, objective: TrialRunner, tally: Tally, progress: Progress | None = None,

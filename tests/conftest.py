@@ -102,9 +102,9 @@ class MlflowServer:
     """A real `mlflow server` process, as users run it for many workers: a PostgreSQL backend store
     and a served artifact root. A test may stop and restart it."""
 
-    def __init__(self, root: Path, database: str) -> None:
-        self.root, self.port, self.database = root, free_port(), database
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, root: Path, database: str, host: str = "127.0.0.1") -> None:
+        self.root, self.port, self.database, self.host = root, free_port(), database, host
+        self.url = f"http://{host}:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -113,7 +113,7 @@ class MlflowServer:
         mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         log = open(self.root / "server.log", "a")
         self.process = subprocess.Popen(
-            [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            [mlflow_cli, "server", "--host", self.host, "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.database}",
              "--artifacts-destination", str(self.root / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,

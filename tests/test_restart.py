@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
-from test_many_workers import SPACE, check_study_and_runs, launch, load
 
 from conftest import PG_ADMIN, ROOT, small_space
+from test_many_workers import SPACE, check_study_and_runs, launch, load
 
 PG_CONF = Path("/etc/postgresql")
 

@@ -464,3 +464,22 @@ def test_without_a_writable_cache_folder_a_new_sqlite_store_is_migrated_in_place
     tracking.create_sqlite_store_whole(uri)
     assert MlflowClient(uri).get_experiment("0").name == "Default"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "not-a-folder"]
+
+
+def test_twin_child_runs_of_a_trial_are_folded_into_one(stores: dict) -> None:
+    """A worker cut off from the tracking server creates its trial's run late, after the repair
+    created one: whoever looks after creating keeps the smallest run id, and it says what the trial says."""
+    client = MlflowClient(stores["tracking_uri"])
+    experiment_id = client.create_experiment("twins")
+    parent = client.create_run(experiment_id).info.run_id
+    tags = child_runs.run_tags(3, "COMPLETE", "twins", parent)
+    record = child_runs.TrialRecord(3, "FINISHED", {"max_depth": "3"}, [("roc_auc", 0.9, 0)], tags, 1000, 2000)
+    late = client.create_run(experiment_id, start_time=1000, tags=child_runs.run_tags(3, "RUNNING", "twins", parent))
+    kept, _ = child_runs.write_record(client, experiment_id, record)  # the repair's: it finds the twin
+    live = client.search_runs([experiment_id], f"tags.`{keys.TRIAL_NUMBER}` = '3'")
+    assert [r.info.run_id for r in live] == [kept]
+    assert kept == min(kept, late.info.run_id)
+    survivor = client.get_run(kept)
+    assert (survivor.info.status, survivor.data.params, survivor.data.metrics) == (
+        "FINISHED", {"max_depth": "3"}, {"roc_auc": 0.9})
+    assert child_runs.one_run(client, experiment_id, parent, 3).run_id == kept  # looking again changes nothing
