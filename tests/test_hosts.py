@@ -154,6 +154,10 @@ def test_a_host_cut_off_mid_trial(tmp_path, network, storage, tracking):
     assert set(outputs[1][1].splitlines()) <= {taken}, outputs[1][1]
     final = check_study_and_runs(storage, tracking, "cut-off", 8)
     assert final[victim.number].state.name == "FAIL"
+    client = MlflowClient(tracking)
+    experiment_id = client.get_experiment_by_name("cut-off").experiment_id
+    victim_runs = client.search_runs([experiment_id], f"tags.`{keys.TRIAL_NUMBER}` = '{victim.number}'")
+    assert [r.info.status for r in victim_runs] == ["FAILED"]  # as the study says
     assert final[retry.number].params == victim.params
     assert run_hosts(tracking, "cut-off")[retry.number] != cut.name
 
