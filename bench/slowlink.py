@@ -28,20 +28,6 @@ from pathlib import Path
 import measure as m
 from report import detail, figure
 
-SPACE = """\
-experiment: slowlink
-study_name: slowlink
-estimator: GradientBoostingClassifier
-data: {{dataset: breast_cancer}}
-metric: roc_auc
-cv: 3
-seed: 1
-n_trials: {trials}
-fixed: {{n_estimators: {trees}, random_state: 0}}
-params:
-  learning_rate: {{type: float, low: 0.05, high: 0.5, log: true}}
-  max_depth: {{type: int, low: 2, high: 4}}
-"""
 TARGET = 1.10  # the trial loop 50 ms away, per trial, against 0 ms away
 
 
@@ -121,7 +107,8 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {"direct": [], "slow": []}
     with tempfile.TemporaryDirectory(prefix="sweep-slowlink-") as tmp:
         root = Path(tmp)
-        (root / "space.yaml").write_text(SPACE.format(trials=args.trials, trees=args.trees))
+        m.write_space(root / "space.yaml", dataset="breast_cancer", rows=0, n_trials=args.trials, trees=args.trees,
+                      study="slowlink")
         with m.mlflow_server(root / "server") as url, slow_link(url, args.delay_ms / 1000) as slow:
             print("bench: slow link: an untimed sweep warms the server and the caches ...", file=sys.stderr)
             sweep_once(root / "warm-up", url, args.trials)
@@ -131,7 +118,8 @@ def main() -> None:
                     results[label].append(sweep_once(root / f"{label}-{i}", tracking, args.trials))
     wall = {k: statistics.median(w for w, _ in v) for k, v in results.items()}
     per_trial = {k: statistics.median(p for _, p in v) for k, v in results.items()}
-    print(f"\nslow link: {args.trials} trials of {args.trees} trees on breast_cancer, cv 3, `sweep run --n-jobs 1`"
+    print(f"\nslow link: {args.trials} trials of {args.trees} trees, the shipped space on breast_cancer,"
+          " `sweep run --n-jobs 1`"
           f" against a local mlflow server, direct and {args.delay_ms:g} ms away (medians of {args.rounds})")
     for label in ("direct", "slow"):
         print(f"  {label:7} whole run {wall[label]:6.1f} s   trial loop {per_trial[label] * 1000:6.1f} ms per trial")
