@@ -71,13 +71,13 @@ def _study_name(args: argparse.Namespace, may_take_latest: bool = True) -> str:
 
 
 def _n_jobs(args: argparse.Namespace) -> int:
-    """`sweep run`'s worker processes: --n-jobs, else $SWEEP_N_JOBS, else one per core (the
-    anytime bench: two processes of one thread found the glue's best sooner than one process
-    fitting its folds in threads). A `sweep worker` is one process."""
+    """`sweep run`'s worker processes: --n-jobs, else $SWEEP_N_JOBS, else one per core (on the
+    anytime bench, one-thread processes found the glue's best sooner than one process fitting its
+    folds in threads, or as soon). A `sweep worker` is one process."""
     if args.command != "run":
         return 1
     if args.n_jobs:
-        return int(args.n_jobs)
+        return args.n_jobs
     if os.environ.get(N_JOBS_ENV):
         try:
             return _positive_int(os.environ[N_JOBS_ENV])

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,61 @@ def postgres_database():
 def pg_database():
     with postgres_database() as name:
         yield name
+
+
+# ---------------------------------------------------------------- the local PostgreSQL cluster itself
+
+PG_CONF = Path("/etc/postgresql")
+
+
+def why_no_cluster() -> str | None:
+    """Why the tests cannot restart the local PostgreSQL cluster here, or None when they can."""
+    if shutil.which("pg_ctlcluster") is None or not PG_CONF.is_dir() or not any(PG_CONF.iterdir()):
+        return "no local PostgreSQL cluster to restart (pg_ctlcluster and /etc/postgresql are needed)"
+    if os.geteuid() != 0:
+        return "restarting the local PostgreSQL cluster needs root"
+    return None
+
+
+def cluster_command() -> list[str]:
+    """pg_ctlcluster for the local cluster (the newest version's `main`); add stop, start or restart."""
+    version = sorted(p.name for p in PG_CONF.iterdir())[-1]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+
+
+def accepts_connections() -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(PG_ADMIN, connect_timeout=2).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+def restart_postgres(cluster: list[str], while_down: Callable[[], None] | None = None) -> float:
+    """Restart the cluster (shared with other tests: keep it short) and wait until it answers;
+    return the seconds it did not. `while_down`: stop, call it, then start."""
+    import psycopg2
+
+    # A checkpoint first, so that the shutdown's own has little left to write (it took 3 s here).
+    with psycopg2.connect(PG_ADMIN) as admin:
+        admin.autocommit = True
+        admin.cursor().execute("CHECKPOINT")
+    admin.close()
+    started = time.monotonic()
+    try:
+        if while_down is None:
+            subprocess.run([*cluster, "restart"], check=True, capture_output=True, timeout=120)
+        else:
+            subprocess.run([*cluster, "stop"], check=True, capture_output=True, timeout=120)
+            try:
+                while_down()
+            finally:
+                subprocess.run([*cluster, "start"], check=True, capture_output=True, timeout=120)
+    finally:
+        deadline = time.monotonic() + 120
+        while not accepts_connections() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert accepts_connections(), "PostgreSQL did not come back"
+    return time.monotonic() - started

@@ -14,12 +14,12 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-PG_CONF = Path("/etc/postgresql")
+from conftest import PG_ADMIN, cluster_command, restart_postgres, why_no_cluster
+
 MARK = "# sweep test hosts"  # our pg_hba.conf line ends with it: found and removed by it
 
 
@@ -27,12 +27,10 @@ def why_no_hosts() -> str | None:
     """Why this machine cannot make test hosts, or None when it can."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    missing = [tool for tool in ("ip", "unshare", "pg_ctlcluster") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "unshare") if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} not found"
-    if not PG_CONF.is_dir() or not any(PG_CONF.iterdir()):
-        return "no local PostgreSQL cluster in /etc/postgresql"
-    return None
+    return why_no_cluster()  # PostgreSQL is restarted to listen on the bridge
 
 
 def ip(*args: str, namespace: str | None = None) -> None:
@@ -47,10 +45,10 @@ class Host:
     address: str
     link: str  # the machine's end of its veth pair, on the bridge
 
-    def command(self, argv: list[str]) -> list[str]:
-        """argv run on this host: in its namespace, under its own hostname."""
+    def prefix(self) -> list[str]:
+        """What runs the command after it on this host: in its namespace, under its own hostname."""
         return ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "sh", "-c",
-                'hostname "$0" && exec "$@"', self.name, *argv]
+                'hostname "$0" && exec "$@"', self.name]
 
     def cut(self) -> None:
         """The cable pulled: its link down, so its packets go nowhere (no error, as on a real cut)."""
@@ -135,52 +133,37 @@ def leftovers(tag: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_on(address: str, subnet: str, cluster: list[str], admin_url: str) -> Iterator[None]:
+def postgres_on(address: str, subnet: str) -> Iterator[None]:
     """PostgreSQL listening on `address` too, and trusting the subnet; as it was afterwards."""
     import psycopg2
 
-    hba = _hba_file(admin_url)
+    hba = _hba_file()
     original = hba.read_text()
     try:
-        _alter_listen(admin_url, f"'localhost,{address}'")
+        _alter_listen(f"'localhost,{address}'")
         hba.write_text(original.rstrip("\n") + f"\nhost all all {subnet} trust {MARK}\n")
-        _restart(cluster, admin_url)
+        restart_postgres(cluster_command())
         yield
     finally:
         hba.write_text("".join(line for line in original.splitlines(keepends=True) if MARK not in line))
         with contextlib.suppress(psycopg2.Error):
-            _alter_listen(admin_url, None)
-        _restart(cluster, admin_url)
+            _alter_listen(None)
+        restart_postgres(cluster_command())
 
 
-def _hba_file(admin_url: str) -> Path:
+def _hba_file() -> Path:
     import psycopg2
 
-    with contextlib.closing(psycopg2.connect(admin_url)) as connection, connection.cursor() as cursor:
+    with contextlib.closing(psycopg2.connect(PG_ADMIN)) as connection, connection.cursor() as cursor:
         cursor.execute("SHOW hba_file")
         return Path(cursor.fetchone()[0])
 
 
-def _alter_listen(admin_url: str, value: str | None) -> None:
+def _alter_listen(value: str | None) -> None:
     import psycopg2
 
-    connection = psycopg2.connect(admin_url)
+    connection = psycopg2.connect(PG_ADMIN)
     connection.autocommit = True
     with contextlib.closing(connection), connection.cursor() as cursor:
         cursor.execute("ALTER SYSTEM RESET listen_addresses" if value is None
                        else f"ALTER SYSTEM SET listen_addresses = {value}")
-
-
-def _restart(cluster: list[str], admin_url: str, seconds: float = 60) -> None:
-    import psycopg2
-
-    subprocess.run([*cluster, "restart"], check=True, capture_output=True, timeout=120)
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            psycopg2.connect(admin_url, connect_timeout=2).close()
-            return
-        except psycopg2.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

@@ -10,10 +10,8 @@ the server is reachable again. Each test checks 0 lost / 0 duplicated / 1 parent
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -22,9 +20,9 @@ import pytest
 from mlflow import MlflowClient
 
 import hosts
-from conftest import PG_ADMIN, ROOT, MlflowServer, postgres_database, small_space
-from gbsweep import keys, studies
-from test_many_workers import FAST_HEARTBEATS, SPACE, check_study_and_runs
+from conftest import MlflowServer, postgres_database, small_space
+from gbsweep import keys
+from test_many_workers import FAST_HEARTBEATS, SPACE, check_study_and_runs, launch, load
 
 pytestmark = pytest.mark.skipif(hosts.why_no_hosts() is not None,
                                 reason=f"no test hosts here: {hosts.why_no_hosts()}")
@@ -39,10 +37,8 @@ def network():
 @pytest.fixture(scope="module")
 def database_host(network: hosts.Network) -> str:
     """PostgreSQL reachable on the bridge (for the bridge's subnet only), for this module."""
-    version = sorted(p.name for p in hosts.PG_CONF.iterdir())[-1]
-    cluster = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
     subnet = network.db_host.rsplit(".", 1)[0] + ".0/24"
-    with hosts.postgres_on(network.db_host, subnet, cluster, PG_ADMIN):
+    with hosts.postgres_on(network.db_host, subnet):
         yield network.db_host
 
 
@@ -61,20 +57,6 @@ def tracking(network: hosts.Network, database_host: str, tmp_path_factory: pytes
 @pytest.fixture
 def storage(database_host: str, pg_database: str) -> str:
     return f"postgresql://postgres@{database_host}:5432/{pg_database}"
-
-
-def start(tmp_path, argv: list[str], storage: str, tracking: str, host: hosts.Host | None = None,
-          env: dict | None = None) -> subprocess.Popen:
-    """`sweep COMMAND ...` on the machine, or on `host`."""
-    command = [sys.executable, str(ROOT / "sweep.py"), *argv, "-q", "--config", str(tmp_path / "space.yaml"),
-               "--storage", storage, "--tracking-uri", tracking]
-    return subprocess.Popen(host.command(command) if host else command, cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **FAST_HEARTBEATS, **(env or {})})
-
-
-def load(storage: str) -> optuna.Study:
-    return optuna.load_study(study_name="big", storage=studies.open_storage(storage))
 
 
 def wait_until(condition: Callable[[], object], what: str, processes: list[subprocess.Popen],
@@ -113,8 +95,8 @@ def run_hosts(tracking: str, experiment: str) -> dict[int, str]:
 
 def test_three_hosts_one_study(tmp_path, network, storage, tracking):
     small_space(tmp_path, study="space", text=SPACE.format(experiment="three-hosts", n_trials=12, trees=60))
-    processes = [start(tmp_path, ["run"], storage, tracking)]
-    processes += [start(tmp_path, ["worker"], storage, tracking, host) for host in network.hosts]
+    processes = [launch(tmp_path, "run", storage, tracking)]
+    processes += [launch(tmp_path, "worker", storage, tracking, prefix=host.prefix()) for host in network.hosts]
     outputs = [p.communicate(timeout=400) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in outputs]
     final = check_study_and_runs(storage, tracking, "three-hosts", 12)
@@ -128,8 +110,9 @@ def test_a_host_cut_off_mid_trial(tmp_path, network, storage, tracking):
     network, the cut-off worker adds no second run and no second count for it."""
     cut, other = network.hosts
     small_space(tmp_path, study="space", text=SPACE.format(experiment="cut-off", n_trials=8, trees=250))
-    processes = [start(tmp_path, ["run"], storage, tracking), start(tmp_path, ["worker"], storage, tracking, cut),
-                 start(tmp_path, ["worker"], storage, tracking, other)]
+    processes = [launch(tmp_path, "run", storage, tracking),
+                 launch(tmp_path, "worker", storage, tracking, prefix=cut.prefix()),
+                 launch(tmp_path, "worker", storage, tracking, prefix=other.prefix())]
     victim = wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes)
     cut.cut()
     cut_at = time.monotonic()
@@ -168,7 +151,8 @@ def test_a_host_cut_off_from_the_tracking_server_only(tmp_path, network, storage
     `sweep run`, one run per trial either way."""
     cut = network.hosts[0]
     small_space(tmp_path, study="space", text=SPACE.format(experiment="tracking-cut", n_trials=10, trees=150))
-    processes = [start(tmp_path, ["run"], storage, tracking), start(tmp_path, ["worker"], storage, tracking, cut)]
+    processes = [launch(tmp_path, "run", storage, tracking),
+                 launch(tmp_path, "worker", storage, tracking, prefix=cut.prefix())]
     wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes)
     cut.cut_from(network.tracking_host)
     try:

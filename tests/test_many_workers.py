@@ -35,10 +35,11 @@ FAST_HEARTBEATS = {"SWEEP_HEARTBEAT_S": "1", "SWEEP_GRACE_S": "5"}
 
 
 def launch(tmp_path, command: str, storage: str, tracking: str, *extra: str,
-           env: dict | None = None) -> subprocess.Popen:
+           env: dict | None = None, prefix: list[str] | None = None) -> subprocess.Popen:
+    """`sweep COMMAND` on the test's space and stores; `prefix` runs it elsewhere (tests/hosts.py)."""
     config = tmp_path / "space.yaml"
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "sweep.py"), command, "-q", "--config", str(config),
+        [*(prefix or []), sys.executable, str(ROOT / "sweep.py"), command, "-q", "--config", str(config),
          "--storage", storage, "--tracking-uri", tracking, *extra],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **FAST_HEARTBEATS, **(env or {})},

@@ -4,71 +4,25 @@ one promotion."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import PG_ADMIN, ROOT, small_space
+from conftest import ROOT, cluster_command, restart_postgres, small_space, why_no_cluster
 from test_many_workers import SPACE, check_study_and_runs, launch, load
-
-PG_CONF = Path("/etc/postgresql")
 
 
 @pytest.fixture
 def restartable_postgres() -> list[str]:
     """The command that restarts the local PostgreSQL cluster; skip where there is none to restart."""
-    if shutil.which("pg_ctlcluster") is None or not PG_CONF.is_dir() or not any(PG_CONF.iterdir()):
-        pytest.skip("no local PostgreSQL cluster to restart (pg_ctlcluster and /etc/postgresql are needed)")
-    if os.geteuid() != 0:
-        pytest.skip("restarting the local PostgreSQL cluster needs root")
-    version = sorted(p.name for p in PG_CONF.iterdir())[-1]
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
-
-
-def accepts_connections() -> bool:
-    import psycopg2
-
-    try:
-        psycopg2.connect(PG_ADMIN, connect_timeout=2).close()
-    except psycopg2.OperationalError:
-        return False
-    return True
-
-
-def restart_postgres(cluster: list[str], while_down: Callable[[], None] | None = None) -> float:
-    """Restart the cluster (shared with other tests: keep it short) and wait until it answers;
-    return the seconds it did not. `while_down`: stop, call it, then start."""
-    import psycopg2
-
-    # A checkpoint first, so that the shutdown's own has little left to write (it took 3 s here).
-    with psycopg2.connect(PG_ADMIN) as admin:
-        admin.autocommit = True
-        admin.cursor().execute("CHECKPOINT")
-    admin.close()
-    started = time.monotonic()
-    try:
-        if while_down is None:
-            subprocess.run([*cluster, "restart"], check=True, capture_output=True, timeout=120)
-        else:
-            subprocess.run([*cluster, "stop"], check=True, capture_output=True, timeout=120)
-            try:
-                while_down()
-            finally:
-                subprocess.run([*cluster, "start"], check=True, capture_output=True, timeout=120)
-    finally:
-        deadline = time.monotonic() + 120
-        while not accepts_connections() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    assert accepts_connections(), "PostgreSQL did not come back"
-    return time.monotonic() - started
+    reason = why_no_cluster()
+    if reason:
+        pytest.skip(reason)
+    return cluster_command()
 
 
 def wait_until(condition, what: str, processes: list[subprocess.Popen], timeout: float = 180) -> None:
