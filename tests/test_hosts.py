@@ -94,12 +94,18 @@ def run_hosts(tracking: str, experiment: str) -> dict[int, str]:
 
 
 def test_three_hosts_one_study(tmp_path, network, storage, tracking):
-    small_space(tmp_path, study="space", text=SPACE.format(experiment="three-hosts", n_trials=12, trees=60))
+    # Trials of seconds: the workers' hosts start their Python while `sweep run` has trials left
+    # (with 60 trees it once ran all 12 before a worker joined).
+    small_space(tmp_path, study="space", text=SPACE.format(experiment="three-hosts", n_trials=9, trees=250))
     processes = [launch(tmp_path, "run", storage, tracking)]
     processes += [launch(tmp_path, "worker", storage, tracking, prefix=host.prefix()) for host in network.hosts]
+    for host in network.hosts:
+        wait_until(lambda host=host: any(t.user_attrs.get(keys.WORKER, "").startswith(f"{host.name}:")
+                                         for t in load(storage).get_trials(deepcopy=False)),
+                   f"a trial on {host.name}", processes)
     outputs = [p.communicate(timeout=400) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in outputs]
-    final = check_study_and_runs(storage, tracking, "three-hosts", 12)
+    final = check_study_and_runs(storage, tracking, "three-hosts", 9)
     ran_on = run_hosts(tracking, "three-hosts")
     assert ran_on == {t.number: t.user_attrs[keys.WORKER].split(":")[0] for t in final}
     assert set(ran_on.values()) == {socket.gethostname(), "host-1", "host-2"}
