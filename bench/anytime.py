@@ -64,7 +64,6 @@ FRACTIONS = (0.25, 0.5, 1.0)  # of B: when the handed-over model is scored on th
 STARTUP = 10  # TPE's random start-up trials (Optuna's n_startup_trials): the glue's first ones
 N_TRIALS = 100_000  # the sweep's trial cap: --timeout ends it
 FIXED_ATTR = "sweep.fixed_params"  # the study's user attr: the fixed params its trials were built with
-TREES_ATTR = "sweep.trees"  # a trial's user attr: trees its models grew (informational here)
 
 
 # ---------------------------------------------------------------- the workloads
@@ -263,22 +262,21 @@ def run_sweep(case: Case, run: Run, variant: SweepVariant) -> None:
                "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--study-name", name,
                "--output", str(workdir / "best.json"), *variant.args]
     timed = m.checked(m.run_timed(command, workdir), f"sweep run ({variant.label})")
-    added, _ = sweep_study(journal, name)  # every trial carries its trees grown: no note
+    added = sweep_fixed(journal, name)
     from_study(run, timed, m.study_trials(str(journal), name), {**(space.get("fixed") or {}), **added})
     if added.keys() - (space.get("fixed") or {}).keys():
         run.notes.append("fixed params the sweep added: " + ", ".join(
             f"{k}={v}" for k, v in added.items() if k not in (space.get("fixed") or {})))
 
 
-def sweep_study(journal: Path, name: str) -> tuple[dict, int]:
+def sweep_fixed(journal: Path, name: str) -> dict:
     """The fixed params the sweep built its trials with (the space's and any it adds, such as an early
-    stop), and how many trials carry the trees attr."""
+    stop)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
-    trees = sum(TREES_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
-    return dict(study.user_attrs.get(FIXED_ATTR) or {}), trees
+    return dict(study.user_attrs.get(FIXED_ATTR) or {})
 
 
 def run_halving(case: Case, run: Run, rungs: int) -> None:
