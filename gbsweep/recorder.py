@@ -8,6 +8,10 @@ opening over there, the trials start while MLflow is still getting ready, and no
 its run: the recorder writes the run id into the trial itself. It is forked before any store is
 opened and before the --n-jobs workers, which share it. A failing store is retried with backoff;
 what still fails is reported for `sweep sync`.
+
+Against a tracking server over the network, each request waits a round trip: the recorder then
+completes runs in a few threads (the waits release the GIL), so the runs of short trials do not
+queue one after another behind the link, and creating a run never waits behind completing one.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from gbsweep import keys, studies
@@ -56,6 +62,9 @@ ALIVE_POLL_S = 0.5  # how often a waiting side checks that the other one still r
 # A child run created this long after asking, or not linked to its trial (finished by then), may
 # have a twin from the repair: its trial's close looks for one first (child_runs.one_run).
 SLOW_CREATE_S = 1.0
+# Runs completed at once against a tracking server over HTTP: three requests a trial, each a round
+# trip, so a link 50 ms long lets one thread complete about 5 trials a second, and four about 20.
+COMPLETING_THREADS = 4
 
 Job = Callable[..., Any]  # job(agent, *args), run in the recorder's process
 TrialHook = Callable[["Agent", "FrozenTrial"], None]
@@ -218,6 +227,9 @@ class Agent:
         self._down_until = 0.0
         self._storage: BaseStorage | None = None
         self._study_id: int | None = None
+        self._completing: ThreadPoolExecutor | None = None  # over HTTP only: see COMPLETING_THREADS
+        self._in_flight: list[Future] = []
+        self._hook_lock = threading.Lock()  # the hook keeps the best seen: one trial at a time
 
     def open_store(self) -> str:
         """Open the tracking store; '' when it works, else why not (one line)."""
@@ -228,6 +240,8 @@ class Agent:
             create_sqlite_store_whole(self.uri)
             self.client = MlflowClient(self.uri)
             self.client.search_experiments(max_results=1)
+            if self.uri.startswith(("http://", "https://")):  # an embedded store gains nothing from threads
+                self._completing = ThreadPoolExecutor(COMPLETING_THREADS, thread_name_prefix="sweep-complete")
         except Exception as error:  # MLflow wraps network and database errors in many types
             self.client = None
             self.error = first_line(error)
@@ -259,6 +273,20 @@ class Agent:
             if not self._link(number, run_id) or time.monotonic() - started > SLOW_CREATE_S:
                 self.late.add(number)
 
+    def complete(self, trial: FrozenTrial) -> None:
+        """Complete the trial's run: in a thread of its own over HTTP, else now."""
+        if self._completing is None:
+            self.close_run(trial)
+            return
+        self._in_flight = [future for future in self._in_flight if not future.done()]
+        self._in_flight.append(self._completing.submit(self.close_run, trial))
+
+    def settle(self) -> None:
+        """Wait for the runs being completed: what comes next (a job, a flush, the end) sees them."""
+        in_flight, self._in_flight = self._in_flight, []
+        for future in in_flight:
+            future.result()
+
     def close_run(self, trial: FrozenTrial) -> None:
         record = trial_record(trial, self.config, self.config.study_name, self.parent_run_id)
         run = self.opened.pop(trial.number, None)
@@ -267,7 +295,8 @@ class Agent:
             run = self._one_run(trial.number) or run
         self._write(record, run)
         if self.on_trial_end is not None:
-            self.on_trial_end(self, trial)
+            with self._hook_lock:
+                self.on_trial_end(self, trial)
 
     def _write(self, record: TrialRecord, run: RunState | None) -> str | None:
         """Write the record (retried); None, and the trial kept for the repair, when the store fails."""
@@ -320,14 +349,19 @@ def _serve(agent: Agent, jobs: dict[str, Job], requests: Any, replies: Any) -> N
         kind, *args = request
         if kind == "open":
             agent.open_run(*args)
-        elif kind == "close":
-            agent.close_run(*args)
-        elif kind == "bind":
+            continue
+        if kind == "close":
+            agent.complete(*args)
+            continue
+        agent.settle()
+        if kind == "bind":
             _bind(agent, *args)
         elif kind == "job":
             _run_job(agent, jobs, replies, *args)
         elif kind == "flush":
             replies.put(("unlogged", sorted(agent.unlogged)))
+    if request is not None:  # told to stop: what is being written ends first
+        agent.settle()
 
 
 def _bind(agent: Agent, parent_run_id: str) -> None:

@@ -483,3 +483,51 @@ def test_twin_child_runs_of_a_trial_are_folded_into_one(stores: dict) -> None:
     assert (survivor.info.status, survivor.data.params, survivor.data.metrics) == (
         "FINISHED", {"max_depth": "3"}, {"roc_auc": 0.9})
     assert child_runs.one_run(client, experiment_id, parent, 3).run_id == kept  # looking again changes nothing
+
+
+def test_against_a_server_runs_are_completed_in_threads_and_all_written_before_the_next_job(
+        config, mlflow_server: str, tmp_path: Path) -> None:
+    """Over HTTP each request waits a round trip, so the recorder completes runs in threads; the
+    best-so-far hook still sees one trial at a time, and a job (the finalize) sees every run done."""
+    import threading
+    import time
+
+    from gbsweep.recorder import COMPLETING_THREADS, TrialRecorder
+
+    seen: list[tuple[int, str]] = []  # in the recorder's process: what the hook saw, read by a job
+    inside = threading.Semaphore(1)
+
+    def hook(agent, trial) -> None:
+        assert inside.acquire(blocking=False), "two trials in the hook at once"
+        time.sleep(0.1)  # a hook as slow as a request 100 ms away: a job without waiting would miss some
+        seen.append((trial.number, threading.current_thread().name))
+        inside.release()
+
+    def check(agent) -> tuple[list, dict]:
+        runs = child_runs.runs_by_trial(agent.client, agent.experiment_id, agent.parent_run_id)
+        history = {n: (r.info.status, len(agent.client.get_metric_history(r.info.run_id, "fit_time_s")))
+                   for n, r in runs.items()}
+        return sorted(seen), history
+
+    storage = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name=config.study_name, storage=studies.open_storage(storage),
+                                direction="maximize")
+    client = MlflowClient(mlflow_server)
+    parent = client.create_run(client.create_experiment("completed-in-threads")).info.run_id
+    recorder = TrialRecorder(mlflow_server, storage, config, jobs={"check": check}, on_trial_end=hook)
+    try:
+        recorder.wait_ready()
+        recorder.bind(parent)
+        for number in range(2 * COMPLETING_THREADS):
+            trial = study.ask()
+            recorder.open_trial(trial)
+            trial.set_user_attr(keys.FIT_TIME_S, 0.01 * number)
+            study.tell(trial, 0.5 + number / 100)
+            recorder.close_trial(study.get_trials(deepcopy=False)[number])
+        seen_by_job, history = recorder.call("check")
+    finally:
+        recorder.stop()
+    numbers = list(range(2 * COMPLETING_THREADS))
+    assert [number for number, _ in seen_by_job] == numbers
+    assert {thread.split("_")[0] for _, thread in seen_by_job} == {"sweep-complete"}
+    assert history == {number: ("FINISHED", 1) for number in numbers}
