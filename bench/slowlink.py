@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import measure as m
+from bench import params_of, say, workload
 from report import detail, figure
 
-TARGET = 1.10  # the trial loop after the first trial, 50 ms away, per trial, against 0 ms away
+TARGET = 1.10  # sweep's trial loop after the first trial, 50 ms away, per trial, against 0 ms away
+STUDY = "slowlink"  # the glue's study: the space file's name (each sweep run names its own)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
@@ -95,22 +96,38 @@ class Timing:
     first_trial: float
 
 
-def sweep_once(folder: Path, tracking: str, trials: int) -> Timing:
-    """One `sweep run --n-jobs 1` on its own study."""
-    folder.mkdir(parents=True)
-    journal = folder / "optuna.journal"
-    timed = m.checked(m.run_timed(
-        [str(m.BIN / "sweep"), "run", "-q", "--n-jobs", "1", "--config", str(folder.parent / "space.yaml"),
-         "--storage", str(journal), "--study-name", folder.name, "--experiment", folder.name,
-         "--tracking-uri", tracking], folder), f"sweep run in {folder.name}")
-    done = m.counted(m.study_trials(str(journal), folder.name))
-    assert len(done) == trials, f"{folder.name}: {len(done)} trials counted, not {trials}"
+def timing(timed: m.Timed, trials: list[m.TrialTime], expected: int, what: str) -> Timing:
+    """A run's figures from its counted trials' start and end times."""
+    done = m.counted(trials)
+    assert len(done) == expected, f"{what}: {len(done)} trials counted, not {expected}"
     start, end = m.loop_window(done)
     first = min(done, key=lambda t: t.number)
     assert first.end is not None
     steady_start, _ = m.loop_window([t for t in done if t is not first])
     return Timing(timed.wall_s, (end - start) / len(done), (end - steady_start) / (len(done) - 1),
                   first.end - first.start)
+
+
+def sweep_once(folder: Path, tracking: str, trials: int) -> tuple[Timing, list[dict]]:
+    """One `sweep run --n-jobs 1` on its own study; its figures and its trials' params."""
+    folder.mkdir(parents=True)
+    journal = folder / "optuna.journal"
+    timed = m.checked(m.run_timed(
+        [str(m.BIN / "sweep"), "run", "-q", "--n-jobs", "1", "--config", str(folder.parent / "space.yaml"),
+         "--storage", str(journal), "--study-name", folder.name, "--experiment", folder.name,
+         "--tracking-uri", tracking], folder), f"sweep run in {folder.name}")
+    ran = m.study_trials(str(journal), folder.name)
+    return timing(timed, ran, trials, folder.name), params_of(ran)
+
+
+def glue_once(folder: Path, tracking: str, params: list[dict]) -> Timing:
+    """The glue a user writes instead (workloads.glue: Optuna + MLflowCallback, logging from the
+    trial's own process) on the same param sets."""
+    journal = folder / "optuna.journal"
+    spec = {"space": str(folder.parent / "space.yaml"), "journal": str(journal), "tracking_uri": tracking,
+            "params": params}
+    timed, _ = workload("glue", spec, folder)
+    return timing(timed, m.study_trials(str(journal), STUDY), len(params), folder.name)
 
 
 def main() -> None:
@@ -121,42 +138,56 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=50)
     args = parser.parse_args()
     print(m.machine())
-    results: dict[str, list[Timing]] = {"direct": [], "slow": []}
+    results: dict[tuple[str, str], list[Timing]] = {(tool, link): [] for tool in ("sweep", "glue")
+                                                     for link in ("direct", "slow")}
     with tempfile.TemporaryDirectory(prefix="sweep-slowlink-") as tmp:
         root = Path(tmp)
         m.write_space(root / "space.yaml", dataset="breast_cancer", rows=0, n_trials=args.trials, trees=args.trees,
-                      study="slowlink")
+                      study=STUDY)
         with m.mlflow_server(root / "server") as url, slow_link(url, args.delay_ms / 1000) as slow:
-            print("bench: slow link: an untimed sweep warms the server and the caches ...", file=sys.stderr)
+            say("slow link: an untimed sweep warms the server and the caches ...")
             sweep_once(root / "warm-up", url, args.trials)
+            server = {"direct": url, "slow": slow}
             for i in range(args.rounds):
-                for label, tracking in (("direct", url), ("slow", slow)):
-                    print(f"bench: slow link, round {i + 1} of {args.rounds}: {label} ...", file=sys.stderr)
-                    results[label].append(sweep_once(root / f"{label}-{i}", tracking, args.trials))
-    median = {label: Timing(*(statistics.median(getattr(t, field) for t in timings)
-                              for field in ("whole", "loop_per_trial", "steady_per_trial", "first_trial")))
-              for label, timings in results.items()}
-    print(f"\nslow link: {args.trials} trials of {args.trees} trees, the shipped space on breast_cancer,"
-          " `sweep run --n-jobs 1`"
-          f" against a local mlflow server, direct and {args.delay_ms:g} ms away (medians of {args.rounds})")
-    for label in ("direct", "slow"):
-        t = median[label]
-        print(f"  {label:7} per trial after the first {t.steady_per_trial * 1000:6.1f} ms   first trial"
+                params: list[dict] = []
+                for link, tracking in server.items():
+                    say(f"slow link, round {i + 1} of {args.rounds}: sweep, {link} ...")
+                    timed, drawn = sweep_once(root / f"sweep-{link}-{i}", tracking, args.trials)
+                    results["sweep", link].append(timed)
+                    params = params or drawn  # the glue gets the direct sweep's draws
+                for link, tracking in server.items():
+                    say(f"slow link, round {i + 1} of {args.rounds}: glue, {link} ...")
+                    results["glue", link].append(glue_once(root / f"glue-{link}-{i}", tracking, params))
+    report(results, args)
+
+
+def report(results: dict[tuple[str, str], list[Timing]], args: argparse.Namespace) -> None:
+    median = {key: Timing(*(statistics.median(getattr(t, field) for t in timings)
+                            for field in ("whole", "loop_per_trial", "steady_per_trial", "first_trial")))
+              for key, timings in results.items()}
+    print(f"\nslow link: {args.trials} trials of {args.trees} trees, the shipped space on breast_cancer, one"
+          f" process, against a local mlflow server, direct and {args.delay_ms:g} ms away (medians of {args.rounds};"
+          " the glue runs the sweep's param sets)")
+    for (tool, link), t in median.items():
+        print(f"  {tool} {link:6} per trial after the first {t.steady_per_trial * 1000:6.1f} ms   first trial"
               f" {t.first_trial * 1000:6.0f} ms   whole loop {t.loop_per_trial * 1000:6.1f} ms per trial"
               f"   whole run {t.whole:5.1f} s")
-    direct, far = median["direct"], median["slow"]
+    direct, far = median["sweep", "direct"], median["sweep", "slow"]
     ratio = far.steady_per_trial / direct.steady_per_trial
-    figure(f"trial loop per trial after the first, mlflow server {args.delay_ms:g} ms away / 0 ms", f"{ratio:.2f}x",
-           f"<= {TARGET:.2f}x", ratio <= TARGET)
-    detail("the recorder process does every MLflow request, and completes runs in threads against a server:"
+    figure(f"sweep: trial loop per trial after the first, mlflow server {args.delay_ms:g} ms away / 0 ms",
+           f"{ratio:.2f}x", f"<= {TARGET:.2f}x", ratio <= TARGET)
+    glue_ratio = median["glue", "slow"].steady_per_trial / median["glue", "direct"].steady_per_trial
+    detail(f"the glue, the same: {glue_ratio:.2f}x (MLflowCallback logs from the trial's process, so each"
+           " request's round trip is the trial's)")
+    detail("sweep's recorder process does every MLflow request, and completes runs in threads against a server:"
            " a trial puts two messages on its queue, and waits for its run id only when it ends before the run"
            " is created")
-    detail(f"the first trial: {far.first_trial * 1000:.0f} ms against {direct.first_trial * 1000:.0f} ms (it ends"
-           " before MLflow is ready and waits for its run, which the recorder creates after its own start-up"
-           " requests); the whole loop per trial, with it:"
-           f" {far.loop_per_trial / direct.loop_per_trial:.2f}x")
-    detail(f"whole run: {far.whole:.1f} s against {direct.whole:.1f} s (start-up checks the server,"
+    detail(f"sweep's first trial: {far.first_trial * 1000:.0f} ms against {direct.first_trial * 1000:.0f} ms (it"
+           " ends before MLflow is ready and waits for its run, which the recorder creates after its own start-up"
+           f" requests); the whole loop per trial, with it: {far.loop_per_trial / direct.loop_per_trial:.2f}x")
+    detail(f"sweep's whole run: {far.whole:.1f} s against {direct.whole:.1f} s (start-up checks the server,"
            " and the finalize logs, registers and promotes through it)")
+
 
 if __name__ == "__main__":
     main()
