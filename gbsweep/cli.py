@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gbsweep import __version__, lifecycle, reports, runner, search_space, studies, ui
+from gbsweep import __version__, lifecycle, reports, search_space, studies, ui, workers
 from gbsweep.errors import ConfigError, guard, mask_uri, say
 
 if TYPE_CHECKING:
@@ -83,12 +83,12 @@ def _n_jobs(args: argparse.Namespace) -> int:
             return _positive_int(os.environ[N_JOBS_ENV])
         except argparse.ArgumentTypeError as error:
             raise ConfigError([f"${N_JOBS_ENV} {error}"]) from None
-    return runner.usable_cores()
+    return workers.usable_cores()
 
 
 def _options(args: argparse.Namespace) -> lifecycle.Options:
     n_jobs = _n_jobs(args)
-    threads = args.threads or (runner.cores_per_worker(n_jobs) if n_jobs > 1 else None)
+    threads = args.threads or (workers.cores_per_worker(n_jobs) if n_jobs > 1 else None)
     return lifecycle.Options(threads=threads,
         storage=_storage(args), tracking_uri=_tracking_uri(args), n_jobs=n_jobs,
         quiet=args.quiet, log_format=getattr(args, "log_format", "text"),

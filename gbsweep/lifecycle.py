@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gbsweep import advice, carry, child_runs, dataset, jobs, keys, runner, search_space, studies, tracking
+from gbsweep import advice, carry, child_runs, dataset, jobs, keys, runner, search_space, studies, tracking, workers
 from gbsweep.errors import ConfigError, DiskFull, SweepFailed, guard, say
 from gbsweep.jobs import Prepared
 from gbsweep.objective import check_metric, fold_threads, prepare_folds
@@ -114,20 +114,20 @@ def run(prepared: Prepared, options: Options) -> Outcome:
     trials (here and in the workers), then finalize once (in the recorder)."""
     must_open_first = tracking.precheck(options.tracking_uri, prepared.config.experiment)
     planned = carry.plan(options.storage, prepared.config, prepared.dataset.digest)
-    runner.limit_threads(options.threads)
+    workers.limit_threads(options.threads)
     # The recorder and the workers fork now, with the data loaded and nothing opened yet: no
     # import or load again, and no database connection shared across processes.
     refit = jobs.BestRefit(prepared, ahead=_leaves_a_core(prepared, options))
     with interrupts():  # from the first fork on: a SIGTERM while starting must not orphan a worker
         recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config,
                                  jobs.for_sweep(prepared, refit), on_trial_end=refit.consider)
-        workers = runner.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared, recorder)
+        forked = workers.fork_workers(options.n_jobs - 1, _forked_worker, options, prepared, recorder)
         try:
             if must_open_first:  # a refused sweep creates no study
                 recorder.wait_ready()
-            return _run_sweep(prepared, options, recorder, workers, planned)
+            return _run_sweep(prepared, options, recorder, forked, planned)
         except BaseException as error:
-            runner.stop_workers(workers, getattr(error, "signum", signal.SIGTERM))
+            workers.stop_workers(forked, getattr(error, "signum", signal.SIGTERM))
             raise
         finally:
             recorder.stop()
@@ -139,16 +139,16 @@ def _leaves_a_core(prepared: Prepared, options: Options) -> bool:
     config = prepared.config
     fold_rows = config.fold_rows(len(prepared.dataset.X_train))
     threads = fold_threads(config.estimator, config.cv, fold_rows, _cores(options))
-    return options.n_jobs * threads < runner.usable_cores()
+    return options.n_jobs * threads < workers.usable_cores()
 
 
 def _cores(options: Options) -> int:
     """The cores one worker process may use: its --threads share, else the machine's."""
-    return options.threads or runner.usable_cores()
+    return options.threads or workers.usable_cores()
 
 
 def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
-               workers: list[BaseProcess], planned: tuple[FrozenTrial, ...] | None) -> Outcome:
+               forked: list[BaseProcess], planned: tuple[FrozenTrial, ...] | None) -> Outcome:
     config = prepared.config
     study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest,
                                when_new=functools.partial(carry.carry, planned=planned) if planned else None)
@@ -161,18 +161,18 @@ def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
         recorder.send("repair")  # the carried trials' child runs, for the UI while the sweep runs
     try:
         ran = run_trials(study, prepared, recorder, options)
-        runner.stop_workers(workers)
+        workers.stop_workers(forked)
     except Interrupted as interrupt:
-        runner.stop_workers(workers, interrupt.signum)
-        runner.fail_stale_trials(study)  # of a worker that had to be killed
+        workers.stop_workers(forked, interrupt.signum)
+        workers.fail_stale_trials(study)  # of a worker that had to be killed
         return _after_interrupt(study, prepared, recorder, interrupt, options)
     except runner.BudgetExceeded as error:
-        runner.stop_workers(workers, signal.SIGTERM)
+        workers.stop_workers(forked, signal.SIGTERM)
         _report_unlogged(_close_runs(recorder, study))
         recorder.call("finish_parent", "FAILED")
         raise SweepFailed(str(error)) from None
     except DiskFull:  # the trial it hit stays running (or failed) in the storage: the resume retries it
-        runner.stop_workers(workers, signal.SIGTERM)
+        workers.stop_workers(forked, signal.SIGTERM)
         _close_runs(recorder, study)
         recorder.call("finish_parent", "FAILED")  # where MLflow's store has room left
         raise
@@ -231,7 +231,7 @@ def run_trials(study: Study, prepared: Prepared, recorder: TrialRecorder, option
     folds = prepare_folds(config, data.X_train, data.y_train, data.preprocessor)
     tally = runner.Tally(config.n_trials, config.max_failures, counter, config.patience)
     threads = fold_threads(config.estimator, len(folds), len(folds[0].y_train), _cores(options))
-    objective = runner.TrialRunner(config, folds, recorder, runner.worker_id(), counter, threads)
+    objective = runner.TrialRunner(config, folds, recorder, workers.worker_id(), counter, threads)
     progress = runner.Progress(config.study_name, config.n_trials, now.counted, options.quiet, options.log_format)
     try:
         if wait_for_workers:
@@ -308,7 +308,7 @@ def _after_interrupt(study: Study, prepared: Prepared, recorder: TrialRecorder, 
 
 def work(study: Study, prepared: Prepared, options: Options) -> int:
     """A worker's share of the trials: no parent run of its own, no finalize."""
-    runner.limit_threads(options.threads)
+    workers.limit_threads(options.threads)
     tracking.precheck(options.tracking_uri, prepared.config.experiment)
     study = studies.join(study, prepared.config)
     recorder = TrialRecorder(options.tracking_uri, options.storage, prepared.config)

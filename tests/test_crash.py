@@ -368,7 +368,7 @@ def test_a_worker_process_caps_its_openmp_threads_to_its_share():
     assert cli._options(args).threads == max(1, (os.cpu_count() or 1) // 2)
     assert cli._options(cli._parser().parse_args(["run"])).threads is None  # one job: all cores
     assert cli._options(cli._parser().parse_args(["worker", "--threads", "3"])).threads == 3
-    code = ("import sklearn.ensemble, threadpoolctl; from gbsweep import runner; runner.limit_threads(1);"
+    code = ("import sklearn.ensemble, threadpoolctl; from gbsweep import workers; workers.limit_threads(1);"
             " print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()}))")
     capped = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == "[1]"

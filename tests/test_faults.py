@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, small_space
-from gbsweep import jobs, lifecycle, runner, studies
+from gbsweep import jobs, lifecycle, studies, workers
 from gbsweep.errors import DiskFull
 from gbsweep.tracking import Tracker
 
@@ -228,11 +228,11 @@ def test_a_trial_its_worker_never_stamped_is_failed_after_the_grace_and_retried(
     space = {"x": optuna.distributions.FloatDistribution(0, 1)}
     trial = study.ask(space)  # no worker stamp: the disk was full before it could be written
     unclaimed: dict[int, float] = {}
-    runner.fail_stale_trials(study, unclaimed)
+    workers.fail_stale_trials(study, unclaimed)
     assert study.trials[trial.number].state.name == "RUNNING"  # within the grace: a worker may stamp it yet
 
     monkeypatch.setattr(studies, "GRACE_S", 0)
-    runner.fail_stale_trials(study, unclaimed)
+    workers.fail_stale_trials(study, unclaimed)
     assert study.trials[trial.number].state.name == "FAIL"
     retry = study.ask(space)  # the next trial tries its params again
     assert retry.params == trial.params and retry.user_attrs["sweep.retry_of"] == trial.number

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from gbsweep import child_runs, cli, dataset, keys, rdb, runner, studies
+from gbsweep import child_runs, cli, dataset, keys, rdb, runner, studies, workers
 from gbsweep.errors import ConfigError, mask_uri, public_url
 from gbsweep.objective import (
     PREDICT_ROWS,
@@ -228,13 +228,13 @@ def test_a_trial_no_worker_stamped_is_failed_once_unstamped_for_the_grace(monkey
     monkeypatch.setattr(studies, "GRACE_S", 0.5)
     study = optuna.create_study(direction="maximize")
     orphan, live = study.ask(), study.ask()
-    live.set_user_attr(keys.WORKER, runner.worker_id())
+    live.set_user_attr(keys.WORKER, workers.worker_id())
     unclaimed: dict[int, float] = {}
-    runner.fail_stale_trials(study, unclaimed)
+    workers.fail_stale_trials(study, unclaimed)
     assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.RUNNING]  # seen once: not yet
     assert list(unclaimed) == [orphan.number]
     unclaimed[orphan.number] -= 1.0  # first seen a second ago, past the grace
-    runner.fail_stale_trials(study, unclaimed)
+    workers.fail_stale_trials(study, unclaimed)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
     assert len(study.trials) == 2  # it drew no params: nothing to try again, its slot is simply free
 
