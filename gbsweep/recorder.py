@@ -65,6 +65,10 @@ SLOW_CREATE_S = 1.0
 # Runs completed at once against a tracking server over HTTP: three requests a trial, each a round
 # trip, so a link 50 ms long lets one thread complete about 5 trials a second, and four about 20.
 COMPLETING_THREADS = 4
+# The recorder marks each trial whose link it has tried in a ring shared with the workers, so a
+# trial that ends first waits on memory, not on storage reads (each a full load of the study's
+# trials, many round trips on a storage far away). The ring holds far more trials than run at once.
+LINK_SLOTS = 4096
 
 Job = Callable[..., Any]  # job(agent, *args), run in the recorder's process
 TrialHook = Callable[["Agent", "FrozenTrial"], None]
@@ -87,7 +91,8 @@ class TrialRecorder:
         context = multiprocessing.get_context("fork")  # starts at once, with the data loaded
         self._requests, self._replies = context.Queue(), context.Queue()
         self.store_down = context.Event()  # set while writes fail: trials then do not wait for links
-        agent = Agent(tracking_uri, storage_spec, config, self.store_down, on_trial_end)
+        self._tried = context.Array("q", [-1] * LINK_SLOTS, lock=False)  # see LINK_SLOTS
+        agent = Agent(tracking_uri, storage_spec, config, self.store_down, on_trial_end, self._tried)
         self._process = context.Process(target=_serve, name="sweep-mlflow-recorder", daemon=True,
                                         args=(agent, jobs or {}, self._requests, self._replies))
         self._process.start()
@@ -172,6 +177,10 @@ class TrialRecorder:
         for number in sorted(self._open):
             self.close_trial(trials[number])
 
+    def link_tried(self, number: int) -> bool:
+        """Whether the recorder has tried to link the trial's run to it (it is on the trial if it could)."""
+        return self._tried[number % LINK_SLOTS] == number
+
     def can_link(self) -> bool:
         """Whether a trial's link can still come: the recorder runs and the store answers."""
         return not self.store_down.is_set() and self._alive()
@@ -215,9 +224,10 @@ class Agent:
     trials' open runs, and what could not be logged. Jobs get it as their first argument."""
 
     def __init__(self, tracking_uri: str, storage_spec: str, config: SweepConfig, store_down: Event,
-                 on_trial_end: TrialHook | None = None) -> None:
+                 on_trial_end: TrialHook | None = None, tried: Any = None) -> None:
         self.uri, self.storage_spec, self.config = tracking_uri, storage_spec, config
         self.store_down, self.on_trial_end = store_down, on_trial_end
+        self.tried = tried if tried is not None else [-1] * LINK_SLOTS  # shared with the workers
         self.client: MlflowClient | None = None
         self.error = ""  # why the store or the parent run could not be had, in one line
         self.parent_run_id, self.experiment_id = "", ""
@@ -272,6 +282,7 @@ class Agent:
             self.opened[number] = RunState(run_id, {}, frozenset(), dict(tags), "RUNNING")
             if not self._link(number, run_id) or time.monotonic() - started > SLOW_CREATE_S:
                 self.late.add(number)
+        self.tried[number % LINK_SLOTS] = number
 
     def complete(self, trial: FrozenTrial) -> None:
         """Complete the trial's run: in a thread of its own over HTTP, else now."""

@@ -132,19 +132,13 @@ def _link_run(trial: Trial, recorder: TrialRecorder) -> None:
 
     The recorder writes the run id into the trial while it runs, so a trial that fits for longer
     than a request takes never waits here. One that ends first (a very short trial, or one of the
-    first trials while MLflow starts) waits for its link, since a finished trial cannot take it
-    any more; not while the store is down or the recorder is gone (then `sweep sync` finds the
-    run by its tags).
+    first trials while MLflow starts) waits until the recorder has tried, since a finished trial
+    cannot take the run id any more; not while the store is down or the recorder is gone (then
+    `sweep sync` finds the run by its tags).
     """
     deadline = time.monotonic() + LINK_WAIT_MAX_S
-    while not _linked(trial) and recorder.can_link() and time.monotonic() < deadline:
+    while not recorder.link_tried(trial.number) and recorder.can_link() and time.monotonic() < deadline:
         time.sleep(LINK_POLL_S)
-
-
-def _linked(trial: Trial) -> bool:
-    """Whether the trial holds its run id, as the storage says (a Trial caches its own attrs, and
-    the recorder wrote this one from its process)."""
-    return keys.RUN_ID in trial.study.get_trials(deepcopy=False)[trial.number].user_attrs
 
 
 # ---------------------------------------------------------------- counting trials

@@ -525,9 +525,11 @@ def test_against_a_server_runs_are_completed_in_threads_and_all_written_before_t
             study.tell(trial, 0.5 + number / 100)
             recorder.close_trial(study.get_trials(deepcopy=False)[number])
         seen_by_job, history = recorder.call("check")
+        numbers = list(range(2 * COMPLETING_THREADS))
+        # what a trial that ended first waits for, in memory shared with the recorder
+        assert [recorder.link_tried(n) for n in [*numbers, len(numbers)]] == [True] * len(numbers) + [False]
     finally:
         recorder.stop()
-    numbers = list(range(2 * COMPLETING_THREADS))
     assert [number for number, _ in seen_by_job] == numbers
     assert {thread.split("_")[0] for _, thread in seen_by_job} == {"sweep-complete"}
     assert history == {number: ("FINISHED", 1) for number in numbers}
