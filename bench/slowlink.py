@@ -11,7 +11,10 @@ runs, the figure with a target), the first trial (it ends before MLflow is ready
 its run: start-up), the whole loop per trial and the whole run (start-up and finalize wait on the
 server by design).
 
-Usage: .venv/bin/python bench/slowlink.py [--rounds 3] [--trials 40] [--trees 30] [--delay-ms 50]
+Then the whole host far, as netem on its link would make it: PostgreSQL (the Optuna storage) through
+a relay of its own too, sweep and the glue once each.
+
+Usage: .venv/bin/python bench/slowlink.py [--rounds 3] [--trials 40] [--trees 30] [--delay-ms 50] [--far-trials 15]
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from scaling import postgres_database
 
 import measure as m
 from bench import params_of, say, workload
@@ -120,14 +125,49 @@ def sweep_once(folder: Path, tracking: str, trials: int) -> tuple[Timing, list[d
     return timing(timed, ran, trials, folder.name), params_of(ran)
 
 
-def glue_once(folder: Path, tracking: str, params: list[dict]) -> Timing:
+def glue_once(folder: Path, tracking: str, params: list[dict], storage: str = "", read_from: str = "") -> Timing:
     """The glue a user writes instead (workloads.glue: Optuna + MLflowCallback, logging from the
-    trial's own process) on the same param sets."""
+    trial's own process) on the same param sets; on a journal file, or on the RDB `storage` (its
+    trials read back through `read_from`, the direct URL)."""
     journal = folder / "optuna.journal"
     spec = {"space": str(folder.parent / "space.yaml"), "journal": str(journal), "tracking_uri": tracking,
-            "params": params}
+            "params": params, "storage": storage}
     timed, _ = workload("glue", spec, folder)
-    return timing(timed, m.study_trials(str(journal), STUDY), len(params), folder.name)
+    return timing(timed, m.study_trials(read_from or str(journal), STUDY), len(params), folder.name)
+
+
+def whole_host_far(root: Path, tracking: str, delay_s: float, trials: int) -> dict[str, Timing]:
+    """The Optuna storage 50 ms away too, as netem on a worker host's link would put it: sweep and
+    the glue on PostgreSQL through a relay, the runs to the far tracking server, once each."""
+    figures = {}
+    with slow_link("http://127.0.0.1:5432", delay_s) as far_db:
+        port = far_db.rsplit(":", 1)[1]
+        for tool in ("sweep", "glue"):
+            url, drop = postgres_database()
+            name = url.rsplit("/", 1)[1]
+            through = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{name}"
+            folder = root / f"{tool}-host-far"
+            say(f"slow link, the whole host far: {tool} ...")
+            try:
+                if tool == "sweep":
+                    folder.mkdir(parents=True)
+                    timed = m.checked(m.run_timed(
+                        [str(m.BIN / "sweep"), "run", "-q", "--n-jobs", "1", "--config", str(root / "space.yaml"),
+                         "--storage", through, "--study-name", STUDY, "--experiment", folder.name,
+                         "--n-trials", str(trials),
+                         "--tracking-uri", tracking], folder), "sweep run, the whole host far")
+                    ran = m.study_trials(_psycopg2(url), STUDY)
+                    figures[tool] = timing(timed, ran, trials, folder.name)
+                    params = params_of(ran)
+                else:
+                    figures[tool] = glue_once(folder, tracking, params, through, _psycopg2(url))
+            finally:
+                drop()
+    return figures
+
+
+def _psycopg2(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 def main() -> None:
@@ -136,6 +176,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--trees", type=int, default=30)
     parser.add_argument("--delay-ms", type=float, default=50)
+    parser.add_argument("--far-trials", type=int, default=15, help="trials with the whole host far (seconds each)")
     args = parser.parse_args()
     print(m.machine())
     results: dict[tuple[str, str], list[Timing]] = {(tool, link): [] for tool in ("sweep", "glue")
@@ -158,7 +199,9 @@ def main() -> None:
                 for link, tracking in server.items():
                     say(f"slow link, round {i + 1} of {args.rounds}: glue, {link} ...")
                     results["glue", link].append(glue_once(root / f"glue-{link}-{i}", tracking, params))
+            host_far = whole_host_far(root, slow, args.delay_ms / 1000, args.far_trials)
     report(results, args)
+    report_host_far(host_far, results, args)
 
 
 def report(results: dict[tuple[str, str], list[Timing]], args: argparse.Namespace) -> None:
@@ -187,6 +230,22 @@ def report(results: dict[tuple[str, str], list[Timing]], args: argparse.Namespac
            f" requests); the whole loop per trial, with it: {far.loop_per_trial / direct.loop_per_trial:.2f}x")
     detail(f"sweep's whole run: {far.whole:.1f} s against {direct.whole:.1f} s (start-up checks the server,"
            " and the finalize logs, registers and promotes through it)")
+
+
+
+def report_host_far(far: dict[str, Timing], near: dict[tuple[str, str], list[Timing]],
+                    args: argparse.Namespace) -> None:
+    print(f"\nthe whole host {args.delay_ms:g} ms away: {args.far_trials} trials on PostgreSQL, the storage and the"
+          " tracking server both through relays (once each; the glue runs the sweep's param sets)")
+    for tool, t in far.items():
+        direct = statistics.median(x.steady_per_trial for x in near[tool, "direct"])
+        print(f"  {tool:5} per trial after the first {t.steady_per_trial * 1000:7.1f} ms ({direct * 1000:.1f} ms with"
+              f" nothing far, journal file)   first trial {t.first_trial * 1000:6.0f} ms   whole run {t.whole:6.1f} s")
+    ratio = far["sweep"].steady_per_trial / far["glue"].steady_per_trial
+    figure("the whole host far: sweep per trial / the glue's", f"{ratio:.2f}x", "<= 1.00x", ratio <= 1.0)
+    detail("every Optuna storage call is a transaction of several statements, each a round trip; a sweep trial"
+           " makes more calls than the glue's (its worker stamp and measures as user attrs, the slot count"
+           " before and the tally after, the heartbeat)")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,9 @@ def glue(spec: dict) -> dict:
     uri = spec["tracking_uri"]
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(config.experiment)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec["journal"]))
+    # `storage` (slowlink.py): an RDB URL, as a user with workers on many hosts would give it
+    storage = spec.get("storage") or optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(spec["journal"]))
     study = optuna.create_study(study_name=config.study_name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.seed))
     for params in spec.get("params", []):
