@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/scaling.py   # workers on PostgreSQL vs the journal file (needs the local PostgreSQL)
 	$(BIN)/python bench/from_study.py     # run --from: new trials to beat the old best, continued vs fresh (~10 min)
-	$(BIN)/python bench/slowlink.py   # the cost per trial with the mlflow server 50 ms away (~3 min)
+	$(BIN)/python bench/slowlink.py   # the cost per trial with the mlflow server, then the whole host, 50 ms away (~8 min)
 
 # make chaos: random SIGKILLs on `sweep run --n-jobs 2`, its recorder and workers and a `sweep worker`
 # for 20 kills, then counts from the stores what survived (a few minutes; not part of make test).
