@@ -275,14 +275,17 @@ def wait_ui(server: UiServer) -> int:
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # SIGINT too, as `sweep run` does: a process started in the background of a script inherits
+    # SIGINT ignored, and Python then leaves it so (`sweep ui` served on after a Ctrl-C was sent).
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = server.process.wait()
     except KeyboardInterrupt:
         say("stopping the MLflow UI.")
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     say(f"sweep: the MLflow UI stopped by itself (exit code {code}). {_log_tail(server.log)}")
     return 1
 
