@@ -113,15 +113,17 @@ def timing(timed: m.Timed, trials: list[m.TrialTime], expected: int, what: str) 
                   first.end - first.start)
 
 
-def sweep_once(folder: Path, tracking: str, trials: int) -> tuple[Timing, list[dict]]:
-    """One `sweep run --n-jobs 1` on its own study; its figures and its trials' params."""
+def sweep_once(folder: Path, tracking: str, trials: int, storage: str = "",
+               read_from: str = "") -> tuple[Timing, list[dict]]:
+    """One `sweep run --n-jobs 1` on its own study, its figures and its trials' params; on a journal
+    file, or on the RDB `storage` (its trials read back through `read_from`, the direct URL)."""
     folder.mkdir(parents=True)
-    journal = folder / "optuna.journal"
+    journal = str(folder / "optuna.journal")
     timed = m.checked(m.run_timed(
         [str(m.BIN / "sweep"), "run", "-q", "--n-jobs", "1", "--config", str(folder.parent / "space.yaml"),
-         "--storage", str(journal), "--study-name", folder.name, "--experiment", folder.name,
-         "--tracking-uri", tracking], folder), f"sweep run in {folder.name}")
-    ran = m.study_trials(str(journal), folder.name)
+         "--storage", storage or journal, "--study-name", folder.name, "--experiment", folder.name,
+         "--n-trials", str(trials), "--tracking-uri", tracking], folder), f"sweep run in {folder.name}")
+    ran = m.study_trials(read_from or journal, folder.name)
     return timing(timed, ran, trials, folder.name), params_of(ran)
 
 
@@ -139,35 +141,26 @@ def glue_once(folder: Path, tracking: str, params: list[dict], storage: str = ""
 def whole_host_far(root: Path, tracking: str, delay_s: float, trials: int) -> dict[str, Timing]:
     """The Optuna storage 50 ms away too, as netem on a worker host's link would put it: sweep and
     the glue on PostgreSQL through a relay, the runs to the far tracking server, once each."""
-    figures = {}
     with slow_link("http://127.0.0.1:5432", delay_s) as far_db:
-        port = far_db.rsplit(":", 1)[1]
-        for tool in ("sweep", "glue"):
-            url, drop = postgres_database()
-            name = url.rsplit("/", 1)[1]
-            through = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{name}"
-            folder = root / f"{tool}-host-far"
-            say(f"slow link, the whole host far: {tool} ...")
-            try:
-                if tool == "sweep":
-                    folder.mkdir(parents=True)
-                    timed = m.checked(m.run_timed(
-                        [str(m.BIN / "sweep"), "run", "-q", "--n-jobs", "1", "--config", str(root / "space.yaml"),
-                         "--storage", through, "--study-name", STUDY, "--experiment", folder.name,
-                         "--n-trials", str(trials),
-                         "--tracking-uri", tracking], folder), "sweep run, the whole host far")
-                    ran = m.study_trials(_psycopg2(url), STUDY)
-                    figures[tool] = timing(timed, ran, trials, folder.name)
-                    params = params_of(ran)
-                else:
-                    figures[tool] = glue_once(folder, tracking, params, through, _psycopg2(url))
-            finally:
-                drop()
-    return figures
+        port = int(far_db.rsplit(":", 1)[1])
+        say("slow link, the whole host far: sweep ...")
+        with far_database(port) as (through, direct):
+            sweep, params = sweep_once(root / "sweep-host-far", tracking, trials, through, direct)
+        say("slow link, the whole host far: glue ...")
+        with far_database(port) as (through, direct):
+            glue = glue_once(root / "glue-host-far", tracking, params, through, direct)
+    return {"sweep": sweep, "glue": glue}
 
 
-def _psycopg2(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+@contextmanager
+def far_database(port: int) -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database, dropped after: its URL through the relay on `port`, and direct."""
+    url, drop = postgres_database()
+    try:
+        direct = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        yield direct.replace(":5432/", f":{port}/", 1), direct
+    finally:
+        drop()
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ class TrialRecorder:
         self._requests, self._replies = context.Queue(), context.Queue()
         self.store_down = context.Event()  # set while writes fail: trials then do not wait for links
         self._tried = context.Array("q", [-1] * LINK_SLOTS, lock=False)  # see LINK_SLOTS
-        agent = Agent(tracking_uri, storage_spec, config, self.store_down, on_trial_end, self._tried)
+        agent = Agent(tracking_uri, storage_spec, config, self.store_down, self._tried, on_trial_end)
         self._process = context.Process(target=_serve, name="sweep-mlflow-recorder", daemon=True,
                                         args=(agent, jobs or {}, self._requests, self._replies))
         self._process.start()
@@ -224,10 +224,10 @@ class Agent:
     trials' open runs, and what could not be logged. Jobs get it as their first argument."""
 
     def __init__(self, tracking_uri: str, storage_spec: str, config: SweepConfig, store_down: Event,
-                 on_trial_end: TrialHook | None = None, tried: Any = None) -> None:
+                 tried: Any, on_trial_end: TrialHook | None = None) -> None:
         self.uri, self.storage_spec, self.config = tracking_uri, storage_spec, config
         self.store_down, self.on_trial_end = store_down, on_trial_end
-        self.tried = tried if tried is not None else [-1] * LINK_SLOTS  # shared with the workers
+        self.tried = tried  # the ring of trials whose link was tried, shared with the workers (LINK_SLOTS)
         self.client: MlflowClient | None = None
         self.error = ""  # why the store or the parent run could not be had, in one line
         self.parent_run_id, self.experiment_id = "", ""
