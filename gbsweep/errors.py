@@ -69,8 +69,10 @@ def causes(error: BaseException) -> list[BaseException]:
 
 
 def say(message: str) -> None:
-    """Messages go to stderr: stdout carries only data."""
-    print(message, file=sys.stderr)
+    """Messages go to stderr: stdout carries only data. One write per line: print's two (the text,
+    then its newline) let another process's line land between them (`--n-jobs 2` shares the pipe)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def first_line(error: BaseException, limit: int | None = 300) -> str:

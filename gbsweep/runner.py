@@ -267,7 +267,7 @@ class Progress:
             return
         if self.json_lines:
             line = {**studies.trial_row(trial), "error": trial.user_attrs.get(keys.ERROR)}
-            print(json.dumps(line, default=str), file=sys.stderr, flush=True)
+            say(json.dumps(line, default=str))
         if trial.state.name == "FAIL":
             if not self.json_lines:
                 self.bar.write(f"trial {trial.number} failed: {tally.last_error}", file=sys.stderr)

@@ -533,3 +533,19 @@ def test_against_a_server_runs_are_completed_in_threads_and_all_written_before_t
     assert [number for number, _ in seen_by_job] == numbers
     assert {thread.split("_")[0] for _, thread in seen_by_job} == {"sweep-complete"}
     assert history == {number: ("FINISHED", 1) for number in numbers}
+
+
+def test_lines_said_by_two_processes_on_one_pipe_never_share_a_line() -> None:
+    """`sweep run --n-jobs 2 --log-format json`: both processes write trial lines to one stderr pipe."""
+    import subprocess
+    import sys
+
+    line = json.dumps({"number": 1, "params": {"p": "x" * 300}})
+    said = f"from gbsweep.errors import say\nfor _ in range(3000): say({line!r})"
+    read_end, write_end = os.pipe()
+    writers = [subprocess.Popen([sys.executable, "-c", said], stderr=write_end) for _ in range(2)]
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        lines = pipe.read().splitlines()
+    assert [w.wait(timeout=60) for w in writers] == [0, 0]
+    assert len(lines) == 6000 and set(lines) == {line}
