@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import socket
@@ -41,6 +42,22 @@ def small_space(tmp_path: Path, study: str = "small", experiment: str = "exp", n
     path = tmp_path / f"{study}.yaml"
     path.write_text(text or SMALL_SPACE.format(study=study, experiment=experiment, n_trials=n_trials))
     return path
+
+
+def cli_in(folder: Path, *args: str) -> tuple[int, str, str]:
+    """`sweep ARGS` run in `folder` (a sqlite store's artifacts go to its ./mlruns), for a fixture
+    shared by a module, which cannot use capsys: (exit code, stdout, stderr)."""
+    from gbsweep import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        os.chdir(cwd)
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

@@ -4,14 +4,16 @@ stores; what the user sees in the summary, in `sweep best` and in the MLflow run
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
 from test_sweep import load_study, run_cli, runs_of, sweep_args
 
-from conftest import ROOT, small_space
+from conftest import ROOT, cli_in, small_space
 
 OLD = """\
 experiment: carry
@@ -34,11 +36,22 @@ def space(tmp_path, name: str, n_trials: int, text: str = OLD) -> str:
     return str(small_space(tmp_path, study=name, text=text.format(study=name, n_trials=n_trials)))
 
 
-@pytest.fixture
-def old(tmp_path, stores, capsys) -> list[optuna.trial.FrozenTrial]:
-    """A finished study 'old' of 8 random trials: what the new studies continue from."""
-    code, _, err = run_cli(capsys, *sweep_args(space(tmp_path, "old", 8), stores))
+@pytest.fixture(scope="module")
+def old_stores(tmp_path_factory) -> Path:
+    """A finished study 'old' of 8 random trials, run once for the module: the folder of its stores."""
+    root = tmp_path_factory.mktemp("old")
+    stores = {"tracking_uri": f"sqlite:///{root}/mlflow.db", "storage": str(root / "optuna.journal")}
+    code, _, err = cli_in(root, *sweep_args(space(root, "old", 8), stores))
     assert code == 0, err
+    return root
+
+
+@pytest.fixture
+def old(old_stores, stores) -> list[optuna.trial.FrozenTrial]:
+    """The study 'old' in this test's stores (a copy: a test may add to them): what the new studies
+    continue from. Its runs' artifacts stay in the module's folder."""
+    shutil.copyfile(old_stores / "mlflow.db", stores["tracking_uri"].removeprefix("sqlite:///"))
+    shutil.copyfile(old_stores / "optuna.journal", stores["storage"])
     return load_study(stores, "old").trials
 
 

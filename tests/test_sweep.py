@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -14,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import small_space
+from conftest import cli_in, small_space
 from gbsweep import cli, studies
 
 
@@ -49,17 +47,9 @@ def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared-sweep")
     stores = {"tracking_uri": f"sqlite:///{root}/mlflow.db", "storage": str(root / "optuna.journal")}
     config = small_space(root, study="small", n_trials=4)
-    out, err = io.StringIO(), io.StringIO()
-    cwd = os.getcwd()
-    os.chdir(root)  # the sqlite store's artifacts go to ./mlruns
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(sweep_args(config, stores))
-    finally:
-        os.chdir(cwd)
-    assert code == 0, err.getvalue()
-    return {"config": config, "out": out.getvalue(), "err": err.getvalue(), "stores": stores,
-            "study": load_study(stores, "small")}
+    code, out, err = cli_in(root, *sweep_args(config, stores))
+    assert code == 0, err
+    return {"config": config, "out": out, "err": err, "stores": stores, "study": load_study(stores, "small")}
 
 
 @pytest.fixture
@@ -430,7 +420,6 @@ params:
 
 
 def test_a_stale_journal_lock_of_a_dead_process_does_not_hang_the_resume(finished, stores, capsys):
-    import os
     import time
 
     journal = stores["storage"]
@@ -444,7 +433,6 @@ def test_a_stale_journal_lock_of_a_dead_process_does_not_hang_the_resume(finishe
 
 def test_the_champion_is_served_by_mlflow_models_serve(shared, tmp_path):
     stores = shared["stores"]
-    import os
     import shutil
     import subprocess
     import sys
