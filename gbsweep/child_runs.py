@@ -186,11 +186,15 @@ def runs_by_trial(client: MlflowClient, experiment_id: str, parent_run_id: str) 
             return runs
 
 
-def with_retries(action: Callable[[], Any], attempts: int = RETRIES, first_wait_s: float = 0.5) -> Any:
+def with_retries(action: Callable[[], Any], attempts: int = RETRIES, first_wait_s: float = 0.5,
+                 failed_once: Callable[[], None] | None = None) -> Any:
+    """The action's result, tried `attempts` times; `failed_once` is called when the first try fails."""
     for attempt in range(attempts):
         try:
             return action()
         except Exception:
+            if attempt == 0 and failed_once is not None:
+                failed_once()
             if attempt == attempts - 1:
                 raise
             time.sleep(first_wait_s * 4 ** attempt)

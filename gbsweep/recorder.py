@@ -277,11 +277,16 @@ class Agent:
         tags = run_tags(number, "RUNNING", self.config.study_name, self.parent_run_id)
         record = TrialRecord(number, "RUNNING", {}, [], tags, start_ms, None)
         started = time.monotonic()
-        run_id = self._write(record, None)
+        # A create that failed once is retried for seconds: the trial stops waiting for its link
+        # then (a host cut off from the server would stall each trial); its close finds the run.
+        run_id = self._write(record, None, failed_once=functools.partial(self._link_tried, number))
         if run_id is not None:
             self.opened[number] = RunState(run_id, {}, frozenset(), dict(tags), "RUNNING")
             if not self._link(number, run_id) or time.monotonic() - started > SLOW_CREATE_S:
                 self.late.add(number)
+        self._link_tried(number)
+
+    def _link_tried(self, number: int) -> None:
         self.tried[number % LINK_SLOTS] = number
 
     def complete(self, trial: FrozenTrial) -> None:
@@ -309,12 +314,14 @@ class Agent:
             with self._hook_lock:
                 self.on_trial_end(self, trial)
 
-    def _write(self, record: TrialRecord, run: RunState | None) -> str | None:
+    def _write(self, record: TrialRecord, run: RunState | None,
+               failed_once: Callable[[], None] | None = None) -> str | None:
         """Write the record (retried); None, and the trial kept for the repair, when the store fails."""
         try:
             if self.client is None or not self.parent_run_id or time.monotonic() < self._down_until:
                 raise ConnectionError("the tracking store is not usable now")
-            run_id, _ = with_retries(functools.partial(write_record, self.client, self.experiment_id, record, run))
+            run_id, _ = with_retries(functools.partial(write_record, self.client, self.experiment_id, record, run),
+                                     failed_once=failed_once)
         except Exception:  # the store stayed unusable: the trial waits for a repair or `sweep sync`
             self.unlogged.add(record.number)
             self._down_until = max(self._down_until, time.monotonic() + STORE_DOWN_PAUSE_S)
