@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 import hosts
 from conftest import MlflowServer, postgres_database, small_space
 from gbsweep import keys
+from gbsweep.runner import LINK_WAIT_MAX_S
 from test_many_workers import FAST_HEARTBEATS, SPACE, check_study_and_runs, launch, load
 
 pytestmark = pytest.mark.skipif(hosts.why_no_hosts() is not None,
@@ -173,6 +174,11 @@ def test_a_host_cut_off_from_the_tracking_server_only(tmp_path, network, storage
     assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
     final = check_study_and_runs(storage, tracking, "tracking-cut", 10)
     assert "host-1" in set(run_hosts(tracking, "tracking-cut").values())
+    # A trial waits for its run until the recorder's first try to create it fails, not through
+    # the retries (LINK_WAIT_MAX_S, 30 s): the wait is a trial's time past its fitting.
+    waited = [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs[keys.FIT_TIME_S]
+              for t in final if t.user_attrs[keys.WORKER].startswith(f"{cut.name}:")]
+    assert max(waited) < LINK_WAIT_MAX_S / 2, waited
     client = MlflowClient(tracking)
     for trial in final:  # each run says what the study says
         run = client.get_run(trial.user_attrs[keys.RUN_ID]) if keys.RUN_ID in trial.user_attrs else None
