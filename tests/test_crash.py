@@ -236,7 +236,9 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# SIGTERM only: test_signals ends `sweep run` with SIGINT and SIGTERM on every path and checks the
+# same end state; what this test adds is the resume after it, the same for both.
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143)])
 def test_interrupt_fails_the_running_trial_promotes_the_best_so_far_and_resumes(tmp_path, stores, signum, code):
     process = start_sweep(tmp_path, stores)
     wait_until_mid_trial(process, stores, completed=2)
@@ -296,7 +298,7 @@ def test_tracking_server_outage_then_sync_rebuilds_every_run(tmp_path, mlflow_se
 
     stores = {"tracking_uri": mlflow_service.url, "storage": str(tmp_path / "optuna.journal")}
     config = small_space(tmp_path, study="crash", text=SLOW_SPACE.replace("experiment: crash", "experiment: outage")
-                         .replace("n_estimators: 150", "n_estimators: 40").replace("n_trials: 6", "n_trials: 20"))
+                         .replace("n_estimators: 150", "n_estimators: 40").replace("n_trials: 6", "n_trials: 12"))
     command = [sys.executable, str(ROOT / "sweep.py"), "run", "-q", "--config", str(config),
                "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
     # MLflow's own retries off, so that each request to the stopped server fails at once
@@ -312,7 +314,7 @@ def test_tracking_server_outage_then_sync_rebuilds_every_run(tmp_path, mlflow_se
     assert process.returncode == 1, err
     assert "the tracking store failed while finishing the sweep" in err and "`sweep sync`" in err
     assert "Traceback" not in err
-    assert sum(t.state.name == "COMPLETE" for t in trials(stores)) == 20  # the trials went on
+    assert sum(t.state.name == "COMPLETE" for t in trials(stores)) == 12  # the trials went on
 
     for attempt in (1, 2):
         code = cli.main(["sync", "--study-name", "crash", "--storage", stores["storage"],
