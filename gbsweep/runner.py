@@ -183,10 +183,12 @@ class TrialCounter:
         self._counted = 0
         self._best: float | None = None
 
-    def count(self, study: Study) -> Count:
+    def count(self, study: Study, trials: list[FrozenTrial] | None = None) -> Count:
+        """The count now, from `trials` when the caller has just read them (all of them, by number)."""
         from optuna.trial import TrialState
 
-        trials = study.get_trials(deepcopy=False)  # by number: trials[n].number == n
+        if trials is None:
+            trials = study.get_trials(deepcopy=False)  # by number: trials[n].number == n
         self._running = []
         for number in [*self._unfinished, *range(self._seen, len(trials))]:
             trial = trials[number]
@@ -212,7 +214,9 @@ class TrialCounter:
 
     def has_slot(self, study: Study, total: int, trial: Trial) -> bool:
         """Whether this just-asked trial is within the total, counting the running trials asked before it."""
-        now = self.count(study)
+        # The study's trials as Optuna's samplers read them for this trial, once per trial: the
+        # sampler then reuses this read (a round trip per table on a storage far away).
+        now = self.count(study, study._get_trials(deepcopy=False, use_cache=True))
         ahead = sum(number < trial.number for number in self._running)
         return now.counted + ahead < total
 
