@@ -237,8 +237,8 @@ def report_host_far(far: dict[str, Timing], near: dict[tuple[str, str], list[Tim
     ratio = far["sweep"].steady_per_trial / far["glue"].steady_per_trial
     figure("the whole host far: sweep per trial / the glue's", f"{ratio:.2f}x", "<= 1.00x", ratio <= 1.0)
     detail("every Optuna storage call is a transaction of several statements, each a round trip; a sweep trial"
-           " makes more calls than the glue's (its worker stamp and measures as user attrs, the slot count"
-           " before and the tally after, the heartbeat)")
+           " makes more calls than the glue's (its worker stamp and measures as user attrs, one transaction"
+           " each, and the tally after each trial; docs/scaling-out.md counts them)")
 
 
 if __name__ == "__main__":
