@@ -214,9 +214,7 @@ class TrialCounter:
 
     def has_slot(self, study: Study, total: int, trial: Trial) -> bool:
         """Whether this just-asked trial is within the total, counting the running trials asked before it."""
-        # The study's trials as Optuna's samplers read them for this trial, once per trial: the
-        # sampler then reuses this read (a round trip per table on a storage far away).
-        now = self.count(study, study._get_trials(deepcopy=False, use_cache=True))
+        now = self.count(study, studies.trials_as_sampled(study))
         ahead = sum(number < trial.number for number in self._running)
         return now.counted + ahead < total
 

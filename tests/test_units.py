@@ -189,6 +189,26 @@ def test_a_slot_counts_the_running_trials_asked_before() -> None:
     assert not counter.has_slot(study, 2, second)  # the first one now counts instead
 
 
+def test_the_slot_check_and_the_sampler_share_one_read_of_the_trials() -> None:
+    """A storage far away pays each read of the study's trials in round trips."""
+    from optuna.storages import InMemoryStorage
+
+    class CountingStorage(InMemoryStorage):
+        reads = 0
+
+        def get_all_trials(self, *args, **kwargs):
+            CountingStorage.reads += 1
+            return super().get_all_trials(*args, **kwargs)
+
+    study = optuna.create_study(storage=CountingStorage(), sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    trial = study.ask()
+    before = CountingStorage.reads
+    assert runner.TrialCounter().has_slot(study, 10, trial)
+    trial.suggest_float("x", 0, 1)
+    assert CountingStorage.reads - before == 1
+
+
 def test_the_incremental_count_equals_a_fresh_one_at_every_step() -> None:
     study = optuna.create_study(direction="maximize")
     counter = runner.TrialCounter()
