@@ -307,10 +307,10 @@ def count(storage: str, tracking_uri: str) -> Figures:
     import optuna
     from mlflow import MlflowClient
 
-    from gbsweep import keys, studies
+    from gbsweep import keys, storages, studies
     from gbsweep.child_runs import RUN_STATUS
 
-    trials = optuna.load_study(study_name=STUDY, storage=studies.open_storage(storage)).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=STUDY, storage=storages.open_storage(storage)).get_trials(deepcopy=False)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("chaos")
     runs = _all_runs(client, experiment.experiment_id) if experiment else []

@@ -98,9 +98,9 @@ def sweep_run(folder: Path, space: Path, study: str, n_trials: int, *extra: str)
 def trials(folder: Path, study: str) -> list[Any]:
     import optuna
 
-    from gbsweep import studies
+    from gbsweep import storages
 
-    storage = studies.open_storage(str(folder / "optuna.journal"))
+    storage = storages.open_storage(str(folder / "optuna.journal"))
     return optuna.load_study(study_name=study, storage=storage).trials
 
 

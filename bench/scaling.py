@@ -41,9 +41,9 @@ def trials_per_minute(storage: str, study: str) -> tuple[int, float]:
     """(completed trials, trials per minute from the first trial's start to the last one's end)."""
     import optuna
 
-    from gbsweep import studies
+    from gbsweep import storages
 
-    trials = [t for t in optuna.load_study(study_name=study, storage=studies.open_storage(storage)).trials
+    trials = [t for t in optuna.load_study(study_name=study, storage=storages.open_storage(storage)).trials
               if t.state.name == "COMPLETE"]
     loop = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
     return len(trials), len(trials) / loop * 60

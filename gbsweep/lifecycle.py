@@ -21,6 +21,7 @@ from gbsweep.errors import ConfigError, DiskFull, SweepFailed, guard, say
 from gbsweep.jobs import Prepared
 from gbsweep.objective import check_metric, fold_threads, prepare_folds
 from gbsweep.recorder import TrialRecorder
+from gbsweep.storages import open_storage
 from gbsweep.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def _cores(options: Options) -> int:
 def _run_sweep(prepared: Prepared, options: Options, recorder: TrialRecorder,
                forked: list[BaseProcess], planned: tuple[FrozenTrial, ...] | None) -> Outcome:
     config = prepared.config
-    study = studies.open_study(config, studies.open_storage(options.storage), prepared.dataset.digest,
+    study = studies.open_study(config, open_storage(options.storage), prepared.dataset.digest,
                                when_new=functools.partial(carry.carry, planned=planned) if planned else None)
     study.set_user_attr(keys.N_TRIALS, config.n_trials)
     # Created while the first trials run (MLflow's import and a new store take seconds); their

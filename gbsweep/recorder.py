@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from gbsweep import keys, studies
+from gbsweep import keys, storages
 from gbsweep.child_runs import (
     RunState,
     TrialRecord,
@@ -270,7 +270,7 @@ class Agent:
 
     def storage(self) -> BaseStorage:
         if self._storage is None:
-            self._storage = studies.open_storage(self.storage_spec)
+            self._storage = storages.open_storage(self.storage_spec)
         return self._storage
 
     def open_run(self, number: int, start_ms: int) -> None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gbsweep import keys, rdb, studies
+from gbsweep import keys, storages, studies
 from gbsweep.errors import DiskFull, disk_full, say
 from gbsweep.objective import Fold, Footprint, TrialFailed, build_estimator, evaluate, scorer_for
 from gbsweep.params import size_param
@@ -81,7 +81,7 @@ class TrialRunner:
         except optuna.TrialPruned:
             trial.set_user_attr(keys.TREES, reporter.step if reporter else 0)  # pruned at that many trees
             raise
-        except (DiskFull, rdb.StorageLost):  # the storage's failures, not the trial's
+        except (DiskFull, storages.StorageLost):  # the storage's failures, not the trial's
             raise
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
@@ -304,7 +304,7 @@ def run_worker(study: Study, objective: TrialRunner, tally: Tally, progress: Pro
                            catch=(TrialFailed,), callbacks=[after_trial])
             break
         except Exception as error:  # Optuna may raise another error (its own) while handling the storage's
-            cause = disk_full(error) or rdb.storage_lost(error)
+            cause = disk_full(error) or storages.storage_lost(error)
             if cause is not None:
                 raise cause from None
             if not _finished_elsewhere(study, objective.number):
@@ -330,7 +330,7 @@ def _finished_elsewhere(study: Study, number: int | None) -> bool:
     if trial is None or not trial.state.is_finished():
         return False
     say(f"trial {number}: failed by the study's other workers while this process could not reach the"
-        f" storage for {studies.GRACE_S} s (its heartbeats stopped); its params are retried there,"
+        f" storage for {storages.GRACE_S} s (its heartbeats stopped); its params are retried there,"
         " and this process goes on.")
     return True
 

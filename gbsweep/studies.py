@@ -1,5 +1,5 @@
-"""The Optuna side: storages, samplers, pruners, which study a command means, and the study with
-what it remembers of its sweep (its best params, its trials as rows).
+"""The Optuna side: samplers, pruners, which study a command means, and the study with what it
+remembers of its sweep (its best params, its trials as rows).
 
 A study carries its own search space (user attrs), so a worker on another machine samples the
 same space, and a changed space, data set or metric is refused on resume.
@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gbsweep import keys, rdb
-from gbsweep.errors import ConfigError, SweepFailed, disk_full, first_line, mask_uri, say
+from gbsweep import keys, storages
+from gbsweep.errors import ConfigError, SweepFailed, mask_uri
 from gbsweep.search_space import MEASURED, SweepConfig, without_early_stop
 
 if TYPE_CHECKING:
@@ -24,163 +23,6 @@ if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
-
-# RDB storages: a running trial's worker writes a heartbeat every SWEEP_HEARTBEAT_S seconds, and
-# a trial silent for SWEEP_GRACE_S is failed and its params retried (by any worker of the study).
-HEARTBEAT_S = int(os.environ.get("SWEEP_HEARTBEAT_S", "10"))
-GRACE_S = int(os.environ.get("SWEEP_GRACE_S", "60"))
-MAX_RETRIES = 3  # how often a trial of a dead worker is retried
-STALE_LOCK_S = 10
-
-
-def open_storage(spec: str) -> BaseStorage:
-    """An RDB URL (with heartbeats), a redis:// journal, or else a journal file several processes share."""
-    import optuna
-    from optuna.storages.journal import JournalRedisBackend
-
-    try:
-        if spec.startswith("redis://"):
-            return optuna.storages.JournalStorage(JournalRedisBackend(spec))
-        if "://" in spec:
-            # No pool_pre_ping: its ping is one more round trip per storage call (a sixth of a
-            # trial's statements), and a connection lost to a restart is retried by rdb.Outage.
-            return _with_retries(lambda: rdb.PatientRDBStorage(
-                _with_driver(spec), mask_uri(spec),
-                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
-            ))
-        return optuna.storages.JournalStorage(PageCacheJournal(spec))
-    except ImportError as error:
-        raise ConfigError([f"storage {mask_uri(spec)}: needs the Python package {error.name!r}"
-                           " (pip install it into this environment)."]) from None
-    except Exception as error:  # SQLAlchemy, redis and OS errors: one cause, the store is unusable
-        raise ConfigError([f"storage {mask_uri(spec)}: cannot be used: {first_line(error)}"]) from None
-
-
-def PageCacheJournal(path: str) -> Any:  # noqa: N802 - a class, built on first use (lazy optuna import)
-    """Optuna's journal file, written without an fsync per record.
-
-    Optuna fsyncs every record (about 1 ms each, ten records a trial: most of a short trial's
-    overhead here). A record is still one write of whole lines under the file lock, so a killed
-    process loses nothing (its writes are in the OS's page cache); only an OS crash can lose the
-    last records. The file stays a plain journal that the Optuna CLI and optuna-dashboard read.
-    A record such a crash left cut off is cut away on open (repair_torn_tail).
-    """
-    global _PageCacheJournal
-    if _PageCacheJournal is None:
-        _PageCacheJournal = _define_page_cache_journal()
-    return _PageCacheJournal(path)
-
-
-_PageCacheJournal: Any = None
-
-
-def _define_page_cache_journal() -> type:
-    import json
-
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-
-    class PageCacheJournalBackend(JournalFileBackend):
-        def __init__(self, path: str) -> None:
-            # A lock left by a killed process is broken after this grace (a write holds it for ms).
-            self._lock_obj = JournalFileSymlinkLock(path, grace_period=STALE_LOCK_S)
-            super().__init__(path, lock_obj=self._lock_obj)
-            self._path = path
-            if _ends_torn(path):  # under the lock: a writer's record may just be half on disk
-                self._lock_obj.acquire()
-                try:
-                    repair_torn_tail(path)
-                finally:
-                    self._lock_obj.release()
-
-        def append_logs(self, logs: list[dict[str, Any]]) -> None:
-            lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
-            self._lock_obj.acquire()
-            try:
-                append_whole(self._path, lines)
-            finally:
-                self._lock_obj.release()
-
-    return PageCacheJournalBackend
-
-
-def _ends_torn(path: str) -> bool:
-    """Whether the journal's last byte is not the end of a record (one read, on every open)."""
-    with open(path, "rb") as journal:
-        if journal.seek(0, os.SEEK_END) == 0:
-            return False
-        journal.seek(-1, os.SEEK_END)
-        return journal.read(1) != b"\n"
-
-
-def repair_torn_tail(path: str) -> None:
-    """Cut the journal back to its last whole record, and say so; hold the journal lock.
-
-    Optuna skips a last line without its newline when it reads, but the next record is appended
-    after those bytes and glued onto them: that record is lost and every later read fails. An OS
-    crash before the disk write leaves such a tail (or NUL bytes), as can a write that was killed.
-    """
-    records = end = size = 0  # whole records, where the last one ends, bytes read
-    with open(path, "r+b") as journal:
-        for chunk in iter(lambda: journal.read(1 << 20), b""):
-            records += chunk.count(b"\n")
-            if (last := chunk.rfind(b"\n")) >= 0:
-                end = size + last + 1
-            size += len(chunk)
-        if end == size:  # whole after all: the record being written when we looked is complete now
-            return
-        journal.truncate(end)
-        os.fsync(journal.fileno())  # the repair itself should not be lost
-    cut = size - end
-    say(f"sweep: warning: {path}: its last record was cut off ({cut} byte{'s' * (cut != 1)}, as a crash"
-        f" before the disk write can leave it); read the {records} record{'s' * (records != 1)} before it.")
-
-
-def _with_retries(open_rdb: Callable[[], Any], attempts: int = 5) -> Any:
-    """Workers that start together on an empty database race to create Optuna's tables; the
-    losers see a duplicate-key error and find the tables there on the next try."""
-    import sqlalchemy.exc
-
-    for attempt in range(attempts):
-        try:
-            return open_rdb()
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):  # duplicate key or table
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
-def _with_driver(url: str) -> str:
-    """postgresql:// means psycopg (v3) to SQLAlchemy 2; use psycopg2 where only it is installed."""
-    import importlib.util
-
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "postgresql" and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return urllib.parse.urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
-    return url
-
-
-def append_whole(path: str, data: bytes) -> None:
-    """Append all of `data` to the journal, or nothing: a write the disk could not take is cut
-    off again (hold the journal lock). A full disk is a DiskFull naming the journal.
-
-    Optuna skips a cut-off last record when it reads, but glues the next one onto it after space
-    is freed, and every later read fails. Unbuffered, so no retry of the buffer at close can
-    write the bytes again after the cut.
-    """
-    with open(path, "ab", buffering=0) as journal:
-        end = journal.seek(0, os.SEEK_END)
-        try:
-            view = memoryview(data)
-            while view:  # a write may take part of it, the next one then fails
-                view = view[journal.write(view) or 0:]
-        except OSError as error:
-            os.ftruncate(journal.fileno(), end)  # shrinking needs no space
-            full = disk_full(error, path)
-            if full is None:
-                raise
-            raise full from error
 
 
 def make_sampler(config: SweepConfig, seed: int | None = None) -> BaseSampler:
@@ -303,7 +145,7 @@ def load_study(storage_spec: str, name: str, wait_s: float = 0, attr: str = keys
     storage = None
     while True:
         if storage is None and ("://" in storage_spec or _file_exists(storage_spec)):
-            storage = open_storage(storage_spec)  # once: a journal file is not created by looking
+            storage = storages.open_storage(storage_spec)  # once: a journal file is not created by looking
         study = _existing_study(storage, name) if storage is not None else None
         if study is not None and attr in study.user_attrs:
             return study
@@ -366,7 +208,7 @@ def _summaries(storage_spec: str) -> list:
 
     if "://" not in storage_spec and not _file_exists(storage_spec):
         return []  # opening a journal file would create it
-    return optuna.get_all_study_summaries(open_storage(storage_spec), include_best_trial=False)
+    return optuna.get_all_study_summaries(storages.open_storage(storage_spec), include_best_trial=False)
 
 
 def maximizes(study: Study) -> bool:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gbsweep import keys, studies
+from gbsweep import keys, storages
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -67,7 +67,7 @@ def fail_stale_trials(study: Study, unclaimed: dict[int, float] | None = None) -
         seen = {t.number: unclaimed.get(t.number, now) for t in running if keys.WORKER not in t.user_attrs}
         unclaimed.clear()
         unclaimed.update(seen)
-        stale += [t for t in running if now - seen.get(t.number, now) > studies.GRACE_S]
+        stale += [t for t in running if now - seen.get(t.number, now) > storages.GRACE_S]
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
         if trial.params:

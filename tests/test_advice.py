@@ -15,7 +15,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
 from conftest import small_space
-from gbsweep import advice, cli, search_space, studies
+from gbsweep import advice, cli, search_space, storages
 from gbsweep.search_space import SweepConfig
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -191,7 +191,7 @@ def test_a_sweep_says_it_logs_it_and_best_repeats_it(tmp_path: Path, stores: dic
     assert re.fullmatch(LINE, err[-1]), err  # the last line, after the summary
     assert err[-2].startswith("best trial ")
 
-    study = optuna.load_study(study_name="advice", storage=studies.open_storage(stores["storage"]))
+    study = optuna.load_study(study_name="advice", storage=storages.open_storage(stores["storage"]))
     client = MlflowClient(stores["tracking_uri"])
     logged = client.download_artifacts(study.user_attrs["sweep.parent_run_id"], advice.ARTIFACT, str(tmp_path))
     assert Path(logged).read_text() == err[-1] + "\n"

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, small_space
-from gbsweep import studies
+from gbsweep import storages
 
 SLOW_SPACE = """\
 experiment: crash
@@ -50,7 +50,7 @@ def start_sweep(tmp_path: Path, stores: dict, *extra: str, text: str = SLOW_SPAC
 
 def trials(stores: dict) -> list:
     try:
-        study = optuna.load_study(study_name="crash", storage=studies.open_storage(stores["storage"]))
+        study = optuna.load_study(study_name="crash", storage=storages.open_storage(stores["storage"]))
     except (KeyError, Exception):
         return []
     return study.get_trials(deepcopy=False)
@@ -165,7 +165,7 @@ def test_the_recorder_of_a_sweep_killed_at_its_start_creates_no_parent_run(tmp_p
     while any(_running(pid) for pid in forked):
         assert time.monotonic() < deadline, "the recorder outlived its sweep"
         time.sleep(0.05)
-    study = optuna.load_study(study_name="crash", storage=studies.open_storage(stores["storage"]))
+    study = optuna.load_study(study_name="crash", storage=storages.open_storage(stores["storage"]))
     assert "sweep.parent_run_id" not in study.user_attrs
 
     resumed = start_sweep(tmp_path, stores)

@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, small_space
-from gbsweep import jobs, lifecycle, studies, workers
+from gbsweep import jobs, lifecycle, storages, studies, workers
 from gbsweep.errors import DiskFull
 from gbsweep.tracking import Tracker
 
@@ -99,7 +99,7 @@ def trials(folder: Path) -> list:
     if not (folder / "optuna.journal").exists():
         return []
     try:
-        study = optuna.load_study(study_name="disk", storage=studies.open_storage(str(folder / "optuna.journal")))
+        study = optuna.load_study(study_name="disk", storage=storages.open_storage(str(folder / "optuna.journal")))
     except KeyError:  # not created yet
         return []
     return study.get_trials(deepcopy=False)
@@ -207,7 +207,7 @@ def test_an_artifact_folder_too_full_for_the_results_stops_the_end_and_the_same_
 def test_a_journal_record_the_disk_cannot_take_is_not_half_written(mount, tmp_path):
     disk = mount(tmp_path / "disk", "1m")
     journal = disk / "optuna.journal"
-    study = optuna.create_study(study_name="j", storage=studies.open_storage(str(journal)))
+    study = optuna.create_study(study_name="j", storage=storages.open_storage(str(journal)))
     filler = fill(disk)
     size = journal.stat().st_size
 
@@ -219,19 +219,19 @@ def test_a_journal_record_the_disk_cannot_take_is_not_half_written(mount, tmp_pa
 
     filler.unlink()
     study.set_user_attr("after", 1)
-    reread = optuna.load_study(study_name="j", storage=studies.open_storage(str(journal)))
+    reread = optuna.load_study(study_name="j", storage=storages.open_storage(str(journal)))
     assert reread.user_attrs["after"] == 1
 
 
 def test_a_trial_its_worker_never_stamped_is_failed_after_the_grace_and_retried(tmp_path, monkeypatch):
-    study = optuna.create_study(study_name="s", storage=studies.open_storage(str(tmp_path / "optuna.journal")))
+    study = optuna.create_study(study_name="s", storage=storages.open_storage(str(tmp_path / "optuna.journal")))
     space = {"x": optuna.distributions.FloatDistribution(0, 1)}
     trial = study.ask(space)  # no worker stamp: the disk was full before it could be written
     unclaimed: dict[int, float] = {}
     workers.fail_stale_trials(study, unclaimed)
     assert study.trials[trial.number].state.name == "RUNNING"  # within the grace: a worker may stamp it yet
 
-    monkeypatch.setattr(studies, "GRACE_S", 0)
+    monkeypatch.setattr(storages, "GRACE_S", 0)
     workers.fail_stale_trials(study, unclaimed)
     assert study.trials[trial.number].state.name == "FAIL"
     retry = study.ask(space)  # the next trial tries its params again

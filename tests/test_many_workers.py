@@ -13,7 +13,7 @@ import optuna
 from mlflow import MlflowClient
 
 from conftest import ROOT, small_space
-from gbsweep import studies
+from gbsweep import storages
 
 SPACE = """\
 experiment: {experiment}
@@ -47,7 +47,7 @@ def launch(tmp_path, command: str, storage: str, tracking: str, *extra: str,
 
 
 def load(storage: str) -> optuna.Study:
-    return optuna.load_study(study_name="big", storage=studies.open_storage(storage))
+    return optuna.load_study(study_name="big", storage=storages.open_storage(storage))
 
 
 def check_study_and_runs(storage: str, tracking: str, experiment: str, n_trials: int) -> list:

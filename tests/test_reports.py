@@ -23,7 +23,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import ROOT, free_port, small_space
-from gbsweep import cli, reports, studies, ui
+from gbsweep import cli, reports, storages, ui
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWEEP_PLOTS = {"plots/optimization_history.png", "plots/parallel_coordinate.png",
@@ -37,7 +37,7 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 
 
 def load_study(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=studies.open_storage(storage))
+    return optuna.load_study(study_name=name, storage=storages.open_storage(storage))
 
 
 def run_small_sweep(folder: Path, stores: dict, study: str = "small", n_trials: int = 4) -> optuna.Study:

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
 from conftest import SMALL_SPACE, small_space
-from gbsweep import cli, keys, runner, studies
+from gbsweep import cli, keys, runner, storages, studies
 from gbsweep.errors import ConfigError
 from gbsweep.objective import PRUNING_REPORTS, build_estimator, evaluate, prepare_folds, scorer_for
 from gbsweep.search_space import parse, with_early_stop
@@ -31,7 +31,7 @@ def run(capsys: pytest.CaptureFixture, config, stores: dict, *extra: str) -> tup
 
 
 def study_of(stores: dict, name: str = "pays") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=studies.open_storage(stores["storage"]))
+    return optuna.load_study(study_name=name, storage=storages.open_storage(stores["storage"]))
 
 
 # ---------------------------------------------------------------- the estimator's early stop

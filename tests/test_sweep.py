@@ -13,7 +13,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import cli_in, small_space
-from gbsweep import cli, studies
+from gbsweep import cli, storages
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -38,7 +38,7 @@ def runs_of(tracking_uri: str, experiment: str) -> tuple:
 
 
 def load_study(stores: dict, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=studies.open_storage(stores["storage"]))
+    return optuna.load_study(study_name=name, storage=storages.open_storage(stores["storage"]))
 
 
 @pytest.fixture(scope="module")

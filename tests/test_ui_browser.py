@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, small_space
-from gbsweep import cli, keys, studies, ui
+from gbsweep import cli, keys, storages, ui
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots for CI (git-ignored)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -124,7 +124,7 @@ def swept_on_server(tmp_path: Path, server: str, name: str, space: str, capsys) 
     out = capsys.readouterr().out
     assert code == 0
     compare, = [line for line in out.splitlines() if "/#/compare-runs?" in line]
-    study = optuna.load_study(study_name=name, storage=studies.open_storage(storage))
+    study = optuna.load_study(study_name=name, storage=storages.open_storage(storage))
     return study, compare
 
 

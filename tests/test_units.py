@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from gbsweep import child_runs, cli, dataset, keys, rdb, runner, studies, workers
+from gbsweep import child_runs, cli, dataset, keys, runner, storages, studies, workers
 from gbsweep.errors import ConfigError, mask_uri, public_url
 from gbsweep.objective import (
     PREDICT_ROWS,
@@ -245,7 +245,7 @@ def test_the_tally_stops_past_the_failure_budget() -> None:
 
 def test_a_trial_no_worker_stamped_is_failed_once_unstamped_for_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its worker lost the storage between asking for it and stamping it: nothing else fails it."""
-    monkeypatch.setattr(studies, "GRACE_S", 0.5)
+    monkeypatch.setattr(storages, "GRACE_S", 0.5)
     study = optuna.create_study(direction="maximize")
     orphan, live = study.ask(), study.ask()
     live.set_user_attr(keys.WORKER, workers.worker_id())
@@ -274,7 +274,7 @@ def lost_connection() -> Exception:
 
 
 def test_a_lost_database_is_waited_for_then_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rdb, "OUTAGE_PAUSE_S", (0.001, 0.002))
+    monkeypatch.setattr(storages, "OUTAGE_PAUSE_S", (0.001, 0.002))
     failures = [lost_connection(), lost_connection()]
 
     def call() -> str:
@@ -282,10 +282,10 @@ def test_a_lost_database_is_waited_for_then_named_in_one_line(monkeypatch: pytes
             raise failures.pop()
         return "answer"
 
-    outage = rdb.Outage("postgresql://sweeper:***@db/sweeps")
+    outage = storages.Outage("postgresql://sweeper:***@db/sweeps")
     assert outage.ride(call) == "answer" and not failures  # the restart ridden out
     outage.limit_s = 0.01
-    with pytest.raises(rdb.StorageLost) as lost:
+    with pytest.raises(storages.StorageLost) as lost:
         outage.ride(lambda: (_ for _ in ()).throw(lost_connection()))
     assert str(lost.value) == (
         "storage postgresql://sweeper:***@db/sweeps: its database did not answer for 0.01 s (server closed the"
@@ -299,7 +299,7 @@ def test_a_lost_database_is_waited_for_then_named_in_one_line(monkeypatch: pytes
         finally:
             raise UnboundLocalError("cannot access local variable 'updated_state'")
     except UnboundLocalError as masked:
-        assert rdb.storage_lost(masked) is lost.value
+        assert storages.storage_lost(masked) is lost.value
 
 
 def run_with_progress(log_format: str) -> runner.Progress:
@@ -338,10 +338,10 @@ def test_the_study_lookup_policy(tmp_path: Path) -> None:
     assert not Path(storage).exists()  # looking did not create the journal
     assert studies.pick_study_name(storage, "named", "shipped") == ("named", False)
     for name in ("older", "newer"):
-        optuna.create_study(study_name=name, storage=studies.open_storage(storage)).optimize(
+        optuna.create_study(study_name=name, storage=storages.open_storage(storage)).optimize(
             lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
     assert studies.pick_study_name(storage, None, "shipped") == ("newer", True)
-    optuna.create_study(study_name="shipped", storage=studies.open_storage(storage))
+    optuna.create_study(study_name="shipped", storage=storages.open_storage(storage))
     assert studies.pick_study_name(storage, None, "shipped") == ("shipped", False)
 
 
@@ -350,7 +350,7 @@ def test_the_study_lookup_policy(tmp_path: Path) -> None:
 def test_a_study_whose_creation_was_killed_midway_is_completed(config, tmp_path: Path) -> None:
     # A sweep killed after its first study attr and before the last (the config, which workers
     # sample from): the next `sweep run` must set the rest, or no worker could ever join.
-    storage = studies.open_storage(str(tmp_path / "optuna.journal"))
+    storage = storages.open_storage(str(tmp_path / "optuna.journal"))
     half = optuna.create_study(storage=storage, study_name="units", direction="maximize")
     half.set_user_attr(keys.SPACE_SHA256, config.space_sha256())
     study = studies.open_study(config, storage, "digest")
@@ -530,7 +530,7 @@ def test_against_a_server_runs_are_completed_in_threads_and_all_written_before_t
         return sorted(seen), history
 
     storage = str(tmp_path / "optuna.journal")
-    study = optuna.create_study(study_name=config.study_name, storage=studies.open_storage(storage),
+    study = optuna.create_study(study_name=config.study_name, storage=storages.open_storage(storage),
                                 direction="maximize")
     client = MlflowClient(mlflow_server)
     parent = client.create_run(client.create_experiment("completed-in-threads")).info.run_id
