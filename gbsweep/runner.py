@@ -63,6 +63,7 @@ class TrialRunner:
         import optuna
 
         self.number = trial.number
+        storages.after_first_heartbeat(trial)
         trial.set_user_attr(keys.WORKER, self.worker)
         if not self.counter.has_slot(trial.study, self.config.n_trials, trial):
             trial.set_user_attr(keys.SURPLUS, True)

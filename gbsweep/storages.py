@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gbsweep.errors import ConfigError, SweepFailed, causes, disk_full, first_line, mask_uri, say
 
 if TYPE_CHECKING:
+    from optuna import Trial
     from optuna.storages import BaseStorage
 
 # RDB storages: a running trial's worker writes a heartbeat every SWEEP_HEARTBEAT_S seconds, and
@@ -54,6 +55,25 @@ def open_storage(spec: str) -> BaseStorage:
                            " (pip install it into this environment)."]) from None
     except Exception as error:  # SQLAlchemy, redis and OS errors: one cause, the store is unusable
         raise ConfigError([f"storage {mask_uri(spec)}: cannot be used: {first_line(error)}"]) from None
+
+
+def after_first_heartbeat(trial: Trial) -> None:
+    """Wait until a new trial's first heartbeat is in the database (RDB storages only); its worker
+    stamps it after that.
+
+    Optuna's heartbeat thread records it on a connection of its own, and on a worker's first
+    trial, while that thread was still opening its connection, the stamp and the params were in
+    the database first. Optuna never counts a trial without a heartbeat as stale, and only
+    unstamped trials are failed by the unclaimed rule (workers.fail_stale_trials), so a worker
+    cut off in between left its trial running for good, and `sweep run` waiting for it. Heartbeat,
+    then stamp: every running trial falls under one of the two rules. Optuna gives no public way
+    to a trial's storage and id, hence `_storage` and `_trial_id`.
+    """
+    if not getattr(trial.study._storage, "get_heartbeat_interval", lambda: None)():
+        return
+    trial_id = trial._trial_id
+    with _beaten_lock:
+        _beaten_lock.wait_for(lambda: trial_id in _beaten, timeout=2 * OUTAGE_S)
 
 
 def PageCacheJournal(path: str) -> Any:  # noqa: N802 - a class, built on first use (lazy optuna import)
@@ -219,8 +239,7 @@ def _define_patient_rdb_storage() -> type:
 
     for name in _DATABASE_CALLS:
         setattr(PatientRDBStorage, name, _patient(getattr(optuna.storages.RDBStorage, name)))
-    # A heartbeat runs in its own thread: one the database missed is the trial's own calls' to report.
-    setattr(PatientRDBStorage, "record_heartbeat", _quietly(PatientRDBStorage.record_heartbeat))  # noqa: B010
+    setattr(PatientRDBStorage, "record_heartbeat", _heartbeat(PatientRDBStorage.record_heartbeat))  # noqa: B010
     return PatientRDBStorage
 
 
@@ -241,13 +260,23 @@ def _patient(method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def _quietly(method: Callable[..., Any]) -> Callable[..., Any]:
+_beaten: set[int] = set()  # the trials whose heartbeat this process has recorded (or tried to)
+_beaten_lock = threading.Condition()
+
+
+def _heartbeat(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A heartbeat runs in its own thread: one the database missed is the trial's own calls' to
+    report. Each one tells after_first_heartbeat that the trial has had its first."""
     @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def call(storage: Any, trial_id: int) -> None:
         try:
-            return method(*args, **kwargs)
+            method(storage, trial_id)
         except StorageLost:
-            return None
+            pass
+        finally:
+            with _beaten_lock:
+                _beaten.add(trial_id)
+                _beaten_lock.notify_all()
 
     return call
 

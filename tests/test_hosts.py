@@ -61,8 +61,9 @@ def storage(database_host: str, pg_database: str) -> str:
 
 
 def wait_until(condition: Callable[[], object], what: str, processes: list[subprocess.Popen],
-               timeout: float = 240) -> object:
-    """Poll the stores until `condition` holds; a process that died meanwhile fails the test at once."""
+               timeout: float = 240, storage: str | None = None) -> object:
+    """Poll the stores until `condition` holds; a process that died meanwhile fails the test at once.
+    On a timeout the message shows the study's trials (of `storage`) and the processes' states."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for process in processes:
@@ -76,7 +77,19 @@ def wait_until(condition: Callable[[], object], what: str, processes: list[subpr
         if found:
             return found
         time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    states = [p.poll() for p in processes]
+    pytest.fail(f"timed out after {timeout} s waiting for {what}; exit codes {states} (None: running);"
+                f" the trials: {trials_now(storage) if storage else '-'}")
+
+
+def trials_now(storage: str) -> str:
+    """Each trial's number, state and host, for a failure's message."""
+    try:
+        trials = load(storage).get_trials(deepcopy=False)
+    except Exception as error:  # the message must not hide the timeout behind another error
+        return f"unreadable ({error})"
+    return ", ".join(f"{t.number} {t.state.name} on {t.user_attrs.get(keys.WORKER, 'nobody:').split(':')[0]}"
+                     for t in trials)
 
 
 def fitting_on(storage: str, host: hosts.Host) -> optuna.trial.FrozenTrial | None:
@@ -103,7 +116,7 @@ def test_three_hosts_one_study(tmp_path, network, storage, tracking):
     for host in network.hosts:
         wait_until(lambda host=host: any(t.user_attrs.get(keys.WORKER, "").startswith(f"{host.name}:")
                                          for t in load(storage).get_trials(deepcopy=False)),
-                   f"a trial on {host.name}", processes)
+                   f"a trial on {host.name}", processes, storage=storage)
     outputs = [p.communicate(timeout=400) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in outputs]
     final = check_study_and_runs(storage, tracking, "three-hosts", 9)
@@ -122,13 +135,13 @@ def test_a_host_cut_off_mid_trial(tmp_path, network, storage, tracking):
     processes = [launch(tmp_path, "run", storage, tracking),
                  launch(tmp_path, "worker", storage, tracking, prefix=cut.prefix()),
                  launch(tmp_path, "worker", storage, tracking, prefix=other.prefix())]
-    victim = wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes)
+    victim = wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes, storage=storage)
     cut.cut()
     cut_at = time.monotonic()
     try:
         retry = wait_until(lambda: next((t for t in load(storage).get_trials(deepcopy=False)
                                          if t.system_attrs.get("failed_trial") == victim.number), None),
-                           f"trial {victim.number} retried", processes[:1] + processes[2:])
+                           f"trial {victim.number} retried", processes[:1] + processes[2:], storage=storage)
         retried_after = time.monotonic() - cut_at
     finally:
         cut.reconnect()
@@ -162,12 +175,13 @@ def test_a_host_cut_off_from_the_tracking_server_only(tmp_path, network, storage
     small_space(tmp_path, study="space", text=SPACE.format(experiment="tracking-cut", n_trials=10, trees=150))
     processes = [launch(tmp_path, "run", storage, tracking),
                  launch(tmp_path, "worker", storage, tracking, prefix=cut.prefix())]
-    wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes)
+    wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes, storage=storage)
     cut.cut_from(network.tracking_host)
     try:
         wait_until(lambda: sum(t.state.name == "COMPLETE" and t.user_attrs[keys.WORKER].startswith(f"{cut.name}:")
                                for t in load(storage).get_trials(deepcopy=False)) >= 2,
-                   f"two trials completed on {cut.name} while it cannot reach the tracking server", processes)
+                   f"two trials completed on {cut.name} while it cannot reach the tracking server",
+                   processes, storage=storage)
     finally:
         cut.reconnect_to(network.tracking_host)
     outputs = [p.communicate(timeout=400) for p in processes]

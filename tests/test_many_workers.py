@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import optuna
 from mlflow import MlflowClient
 
 from conftest import ROOT, small_space
-from gbsweep import storages
+from gbsweep import keys, storages
 
 SPACE = """\
 experiment: {experiment}
@@ -72,15 +73,50 @@ def check_study_and_runs(storage: str, tracking: str, experiment: str, n_trials:
     return final
 
 
+def note_stamps(database: str) -> Callable[[], list[tuple[int, bool]]]:
+    """A trigger notes, as each trial is stamped by its worker, whether it had a heartbeat yet;
+    the returned call reads the notes (trial id, had a heartbeat)."""
+    import psycopg2
+
+    storages.open_storage(f"postgresql://postgres@127.0.0.1:5432/{database}")  # Optuna's tables
+    connection = psycopg2.connect(f"host=127.0.0.1 user=postgres dbname={database}")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            CREATE TABLE stamps (trial_id int, had_heartbeat bool);
+            CREATE FUNCTION note_stamp() RETURNS trigger AS $$ BEGIN
+                IF NEW.key = '{keys.WORKER}' THEN
+                    INSERT INTO stamps SELECT NEW.trial_id,
+                        EXISTS (SELECT 1 FROM trial_heartbeats WHERE trial_id = NEW.trial_id);
+                END IF;
+                RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER note_stamp BEFORE INSERT ON trial_user_attributes
+                FOR EACH ROW EXECUTE FUNCTION note_stamp();""")
+
+    def read() -> list[tuple[int, bool]]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT trial_id, had_heartbeat FROM stamps ORDER BY trial_id")
+            return cursor.fetchall()
+
+    return read
+
+
 def test_one_run_and_three_workers_started_together(tmp_path, pg_database, mlflow_server):
     small_space(tmp_path, study="space", text=SPACE.format(experiment="together", n_trials=16, trees=60))
     storage = f"postgresql://postgres@127.0.0.1:5432/{pg_database}"
+    stamps = note_stamps(pg_database)
     processes = [launch(tmp_path, "run", storage, mlflow_server)]
     processes += [launch(tmp_path, "worker", storage, mlflow_server) for _ in range(3)]
     outputs = [p.communicate(timeout=400) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], [err for _, err in outputs]
     final = check_study_and_runs(storage, mlflow_server, "together", 16)
     assert len({t.user_attrs["sweep.worker"] for t in final}) >= 3, "the workers shared the trials"
+    # A trial stamped before its first heartbeat is never stale to Optuna, nor unclaimed: a worker
+    # cut off in between would leave it running for good. Each process's first trial raced so.
+    noted = stamps()
+    assert len(noted) == len(final)
+    assert [trial_id for trial_id, had_heartbeat in noted if not had_heartbeat] == []
 
 
 def test_a_worker_killed_mid_trial_is_replaced_and_nothing_is_lost(tmp_path, pg_database, mlflow_server):
