@@ -60,10 +60,10 @@ def storage(database_host: str, pg_database: str) -> str:
     return f"postgresql://postgres@{database_host}:5432/{pg_database}"
 
 
-def wait_until(condition: Callable[[], object], what: str, processes: list[subprocess.Popen],
-               timeout: float = 240, storage: str | None = None) -> object:
+def wait_until(condition: Callable[[], object], what: str, processes: list[subprocess.Popen], storage: str,
+               timeout: float = 240) -> object:
     """Poll the stores until `condition` holds; a process that died meanwhile fails the test at once.
-    On a timeout the message shows the study's trials (of `storage`) and the processes' states."""
+    On a timeout the message shows the study's trials and the processes' states."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for process in processes:
@@ -79,7 +79,7 @@ def wait_until(condition: Callable[[], object], what: str, processes: list[subpr
         time.sleep(0.2)
     states = [p.poll() for p in processes]
     pytest.fail(f"timed out after {timeout} s waiting for {what}; exit codes {states} (None: running);"
-                f" the trials: {trials_now(storage) if storage else '-'}")
+                f" the trials: {trials_now(storage)}")
 
 
 def trials_now(storage: str) -> str:
@@ -116,7 +116,7 @@ def test_three_hosts_one_study(tmp_path, network, storage, tracking):
     for host in network.hosts:
         wait_until(lambda host=host: any(t.user_attrs.get(keys.WORKER, "").startswith(f"{host.name}:")
                                          for t in load(storage).get_trials(deepcopy=False)),
-                   f"a trial on {host.name}", processes, storage=storage)
+                   f"a trial on {host.name}", processes, storage)
     outputs = [p.communicate(timeout=400) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err for _, err in outputs]
     final = check_study_and_runs(storage, tracking, "three-hosts", 9)
@@ -135,13 +135,13 @@ def test_a_host_cut_off_mid_trial(tmp_path, network, storage, tracking):
     processes = [launch(tmp_path, "run", storage, tracking),
                  launch(tmp_path, "worker", storage, tracking, prefix=cut.prefix()),
                  launch(tmp_path, "worker", storage, tracking, prefix=other.prefix())]
-    victim = wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes, storage=storage)
+    victim = wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes, storage)
     cut.cut()
     cut_at = time.monotonic()
     try:
         retry = wait_until(lambda: next((t for t in load(storage).get_trials(deepcopy=False)
                                          if t.system_attrs.get("failed_trial") == victim.number), None),
-                           f"trial {victim.number} retried", processes[:1] + processes[2:], storage=storage)
+                           f"trial {victim.number} retried", processes[:1] + processes[2:], storage)
         retried_after = time.monotonic() - cut_at
     finally:
         cut.reconnect()
@@ -175,13 +175,13 @@ def test_a_host_cut_off_from_the_tracking_server_only(tmp_path, network, storage
     small_space(tmp_path, study="space", text=SPACE.format(experiment="tracking-cut", n_trials=10, trees=150))
     processes = [launch(tmp_path, "run", storage, tracking),
                  launch(tmp_path, "worker", storage, tracking, prefix=cut.prefix())]
-    wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes, storage=storage)
+    wait_until(lambda: fitting_on(storage, cut), f"a trial fitting on {cut.name}", processes, storage)
     cut.cut_from(network.tracking_host)
     try:
         wait_until(lambda: sum(t.state.name == "COMPLETE" and t.user_attrs[keys.WORKER].startswith(f"{cut.name}:")
                                for t in load(storage).get_trials(deepcopy=False)) >= 2,
                    f"two trials completed on {cut.name} while it cannot reach the tracking server",
-                   processes, storage=storage)
+                   processes, storage)
     finally:
         cut.reconnect_to(network.tracking_host)
     outputs = [p.communicate(timeout=400) for p in processes]

@@ -73,13 +73,13 @@ def check_study_and_runs(storage: str, tracking: str, experiment: str, n_trials:
     return final
 
 
-def note_stamps(database: str) -> Callable[[], list[tuple[int, bool]]]:
+def note_stamps(storage: str) -> Callable[[], list[tuple[int, bool]]]:
     """A trigger notes, as each trial is stamped by its worker, whether it had a heartbeat yet;
-    the returned call reads the notes (trial id, had a heartbeat)."""
+    the returned call reads the notes (trial id, had a heartbeat) once, and closes the connection."""
     import psycopg2
 
-    storages.open_storage(f"postgresql://postgres@127.0.0.1:5432/{database}")  # Optuna's tables
-    connection = psycopg2.connect(f"host=127.0.0.1 user=postgres dbname={database}")
+    storages.open_storage(storage)  # Optuna's tables
+    connection = psycopg2.connect(storage)
     connection.autocommit = True
     with connection.cursor() as cursor:
         cursor.execute(f"""
@@ -95,9 +95,11 @@ def note_stamps(database: str) -> Callable[[], list[tuple[int, bool]]]:
                 FOR EACH ROW EXECUTE FUNCTION note_stamp();""")
 
     def read() -> list[tuple[int, bool]]:
-        with connection.cursor() as cursor:
+        with connection, connection.cursor() as cursor:
             cursor.execute("SELECT trial_id, had_heartbeat FROM stamps ORDER BY trial_id")
-            return cursor.fetchall()
+            noted = cursor.fetchall()
+        connection.close()
+        return noted
 
     return read
 
@@ -105,7 +107,7 @@ def note_stamps(database: str) -> Callable[[], list[tuple[int, bool]]]:
 def test_one_run_and_three_workers_started_together(tmp_path, pg_database, mlflow_server):
     small_space(tmp_path, study="space", text=SPACE.format(experiment="together", n_trials=16, trees=60))
     storage = f"postgresql://postgres@127.0.0.1:5432/{pg_database}"
-    stamps = note_stamps(pg_database)
+    stamps = note_stamps(storage)
     processes = [launch(tmp_path, "run", storage, mlflow_server)]
     processes += [launch(tmp_path, "worker", storage, mlflow_server) for _ in range(3)]
     outputs = [p.communicate(timeout=400) for p in processes]
@@ -113,7 +115,7 @@ def test_one_run_and_three_workers_started_together(tmp_path, pg_database, mlflo
     final = check_study_and_runs(storage, mlflow_server, "together", 16)
     assert len({t.user_attrs["sweep.worker"] for t in final}) >= 3, "the workers shared the trials"
     # A trial stamped before its first heartbeat is never stale to Optuna, nor unclaimed: a worker
-    # cut off in between would leave it running for good. Each process's first trial raced so.
+    # cut off in between would leave it running for good. Without the wait, most trials raced so.
     noted = stamps()
     assert len(noted) == len(final)
     assert [trial_id for trial_id, had_heartbeat in noted if not had_heartbeat] == []
